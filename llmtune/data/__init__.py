@@ -1,0 +1,1 @@
+"""Data loading: built-in sample sets and readers for user files."""

@@ -1,0 +1,147 @@
+"""Raw data for a run (files, a hub dataset, or built-in samples) and its tokenized, cached form.
+
+Every split is a `datasets.Dataset` with the task's column names (renamed through
+`data.columns`); its `info.description` says where it came from, for error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from llmtune import __version__
+from llmtune.errors import UserError, did_you_mean
+
+log = logging.getLogger("llmtune")
+SPLIT_KEYS = (("train", "train_file"), ("validation", "validation_file"), ("test", "test_file"))
+# Names hub datasets use for the splits llmtune calls validation and test.
+SPLIT_ALIASES = {"valid": "validation", "dev": "validation", "val": "validation", "eval": "test"}
+BUILTIN_SEED = 0  # built-in data is the same for every training seed: results stay comparable
+
+
+def _sha(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_raw(data_cfg, task, seed: int):
+    """(DatasetDict with train and maybe validation/test, content fingerprint)."""
+    from datasets import Dataset, DatasetDict, DatasetInfo
+
+    from llmtune.data.builtin import builtin_splits
+    from llmtune.data.readers import read_rows, require_columns
+
+    renames = dict(data_cfg.columns or {})
+    splits: dict[str, Dataset] = {}
+    if data_cfg.train_file:
+        digests = {}
+        for split, key in SPLIT_KEYS:
+            path = data_cfg.get(key)
+            if not path:
+                continue
+            path = Path(str(path)).expanduser().resolve()
+            rows = [{renames.get(k, k): v for k, v in row.items()} for row in read_rows(path, key=f"data.{key}")]
+            require_columns(rows, list(task.required_columns), path=path, key=f"data.{key}")
+            splits[split] = Dataset.from_list(rows, info=DatasetInfo(description=f"data.{key}: {path}"))
+            digests[split] = hashlib.sha256(path.read_bytes()).hexdigest()
+        fingerprint = _sha(digests)
+    elif data_cfg.name:
+        splits, fingerprint = _load_hub(data_cfg, task, renames)
+    else:
+        generated = builtin_splits(task.builtin, seed=BUILTIN_SEED)
+        for split, rows in generated.items():
+            splits[split] = Dataset.from_list(rows, info=DatasetInfo(description=f"built-in {task.builtin} data ({split})"))
+        fingerprint = _sha({"builtin": task.builtin, "version": __version__, "rows": _sha(generated)})
+
+    if "validation" not in splits and data_cfg.validation_split:
+        held = splits["train"].train_test_split(test_size=data_cfg.validation_split, seed=seed, shuffle=True)
+        splits["train"], splits["validation"] = held["train"], held["test"]
+        splits["validation"].info.description = f"{splits['train'].info.description} (validation_split {data_cfg.validation_split})"
+        fingerprint = _sha([fingerprint, data_cfg.validation_split, seed])
+    for split, ds in list(splits.items()):
+        limit = data_cfg.max_train_samples if split == "train" else data_cfg.max_eval_samples
+        if limit is not None and len(ds) > limit:
+            splits[split] = ds.select(range(limit))
+    fingerprint = _sha([fingerprint, data_cfg.max_train_samples, data_cfg.max_eval_samples])
+    return DatasetDict(splits), fingerprint
+
+
+def _load_hub(data_cfg, task, renames: dict):
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(data_cfg.name, data_cfg.config_name)
+    except Exception as exc:  # noqa: BLE001 — hub and builder errors come in many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"data.name={data_cfg.name}: could not load this hub dataset ({first}). Offline, use data.train_file=... "
+            "or leave data.name unset for the built-in sample data."
+        ) from None
+    splits = {}
+    for name, ds in loaded.items():
+        ds = _labels_as_names(ds).rename_columns({k: v for k, v in renames.items() if k in ds.column_names})
+        missing = [c for c in task.required_columns if c not in ds.column_names]
+        if missing:
+            raise UserError(
+                f"data.name={data_cfg.name} ({name} split) has no column '{missing[0]}' (columns: {', '.join(ds.column_names)})."
+                f"{did_you_mean(missing[0], ds.column_names)} Map it with data.columns={{SOURCE: {missing[0]}}}."
+            )
+        ds.info.description = f"data.name={data_cfg.name} ({name} split)"
+        splits[SPLIT_ALIASES.get(name, name)] = ds
+    if "train" not in splits:
+        raise UserError(f"data.name={data_cfg.name} has no train split (splits: {', '.join(loaded)}).")
+    # A split whose labels are hidden (GLUE test: all -1) cannot be evaluated.
+    splits = {k: v for k, v in splits.items() if k in ("train", "validation", "test")}
+    return splits, _sha({k: v._fingerprint for k, v in splits.items()})
+
+
+def _labels_as_names(ds):
+    """ClassLabel ids -> label names, so tasks see the same strings as from files."""
+    from datasets import ClassLabel, Sequence
+
+    for column, feature in ds.features.items():
+        names = None
+        if isinstance(feature, ClassLabel):
+            names = feature.names
+            ds = ds.map(lambda b, c=column, n=names: {c: [n[i] if i >= 0 else None for i in b[c]]}, batched=True)
+        elif isinstance(feature, Sequence) and isinstance(feature.feature, ClassLabel):
+            names = feature.feature.names
+            ds = ds.map(lambda b, c=column, n=names: {c: [[n[i] for i in row] for row in b[c]]}, batched=True)
+        elif isinstance(feature, list) and feature and isinstance(feature[0], ClassLabel):
+            names = feature[0].names
+            ds = ds.map(lambda b, c=column, n=names: {c: [[n[i] for i in row] for row in b[c]]}, batched=True)
+    return ds
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
+    return _sha([body, tokenizer.special_tokens_map])
+
+
+def tokenize(raw, task, tokenizer, data_cfg, fingerprint: str, accelerator):
+    """task.preprocess with an on-disk cache keyed by data, task settings and tokenizer."""
+    from datasets import load_from_disk
+
+    task_settings = asdict(task) if is_dataclass(task) else {}
+    key = _sha([fingerprint, type(task).__name__, task_settings, getattr(task, "labels", None), tokenizer_fingerprint(tokenizer), __version__])[:20]
+    path = Path(str(data_cfg.cache_dir)).expanduser() / "tokenized" / key
+    with accelerator.main_process_first():
+        if data_cfg.cache and (path / "dataset_dict.json").is_file():
+            log.info("tokenized data: cache hit, skipped tokenization (%s)", path)
+            return load_from_disk(str(path))
+        processed = task.preprocess(raw, tokenizer)
+        if data_cfg.cache and accelerator.is_main_process:
+            tmp = path.with_name(f".{key}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            processed.save_to_disk(str(tmp))
+            if path.exists():  # another run finished the same cache first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.replace(path)
+            log.info("tokenized data: cached at %s", path)
+            processed = load_from_disk(str(path))
+        return processed

@@ -1,0 +1,181 @@
+"""Checkpoints: atomic save, rotation that never loses the last good one, and resume.
+
+Layout of `checkpoints/step-N/`:
+    trainable.safetensors  the parameters that train (all of them in a full fine-tune; the
+                           adapter and head with LoRA) — the rest is rebuilt from the config
+    optimizer.pt, scheduler.pt
+    rng-rank{R}.pt         python, numpy and torch RNG states of each process
+    state.json             step, epoch, position in the epoch, best metric, run fingerprint
+
+A checkpoint is written under a temporary name and renamed into place when complete, so a
+process killed mid-save leaves the previous checkpoints intact and no half-written `step-N`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmtune.errors import UserError
+
+log = logging.getLogger("llmtune")
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    step: int = 0                 # optimizer steps done
+    epoch: int = 0
+    micro_in_epoch: int = 0       # micro-batches of this epoch already consumed (this process)
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    tokens_seen: int = 0          # non-pad input tokens, this process
+    fingerprint: dict = field(default_factory=dict)   # what a resume must match
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary and foreign folders are ignored)."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def is_loadable(path: Path) -> bool:
+    try:
+        json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / "trainable.safetensors").is_file() and (path / "optimizer.pt").is_file()
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest loadable checkpoint; damaged newer ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(directory)):
+        if is_loadable(path):
+            return path
+        log.warning("skipping damaged checkpoint %s (incomplete or corrupt); trying the previous one", path)
+    return None
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """trainer.resume -> a checkpoint folder, or None to start fresh."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir / "checkpoints")
+    path = Path(resume).expanduser()
+    if STEP_DIR.match(path.name):
+        if not is_loadable(path):
+            raise UserError(f"trainer.resume={resume}: this checkpoint is incomplete or corrupt; point at an earlier checkpoints/step-N or use trainer.resume=auto.")
+        return path
+    found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    if found is None:
+        raise UserError(f"trainer.resume={resume}: no complete checkpoint under it; give a run directory or its checkpoints/step-N.")
+    return found
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(directory: Path, state: TrainState, model, optimizer, scheduler, accelerator, keep: int, protect: int | None) -> Path:
+    """Write checkpoints/step-N atomically on every process's behalf; return its path."""
+    from safetensors.torch import save_file
+
+    final = directory / f"step-{state.step}"
+    tmp = directory / f".tmp-step-{state.step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_file(trainable_state(unwrapped), tmp / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+        _rotate(directory, keep, protect)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for item in [*path.iterdir(), path] if path.is_dir() else [path]:
+        try:
+            fd = os.open(item, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _rotate(directory: Path, keep: int, protect: int | None) -> None:
+    """Delete the oldest checkpoints beyond `keep`, never the newest nor the best (`protect`)."""
+    checkpoints = list_checkpoints(directory)
+    removable = [p for p in checkpoints[:-1] if p.name != f"step-{protect}"]
+    excess = len(checkpoints) - max(keep, 1)
+    for path in removable[: max(excess, 0)]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load(path: Path, model, optimizer, scheduler, accelerator) -> TrainState:
+    """Restore a checkpoint written by `save` into freshly built objects."""
+    from safetensors.torch import load_file
+
+    unwrapped = accelerator.unwrap_model(model)
+    saved = load_file(path / "trainable.safetensors")
+    params = dict(unwrapped.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(saved) != expected:
+        missing, extra = sorted(expected - set(saved))[:3], sorted(set(saved) - expected)[:3]
+        raise UserError(
+            f"trainer.resume: {path} does not match this model's trainable parameters "
+            f"(missing {missing}, unexpected {extra}); resume with the same model and peft settings."
+        )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng_file = path / f"rng-rank{accelerator.process_index}.pt"
+    if rng_file.exists():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return TrainState(**json.loads((path / "state.json").read_text()))

@@ -1,0 +1,50 @@
+"""Find a model's parts from the model itself (no per-architecture lists)."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+def _tied_to_input_embeddings(module: nn.Module, model) -> bool:
+    embeddings = model.get_input_embeddings()
+    weight = embeddings.weight if embeddings is not None else None
+    return weight is not None and any(p is weight for p in module.parameters())
+
+
+def task_head_names(model) -> list[str]:
+    """Top-level modules outside the backbone that hold parameters: the task head
+    (`classifier`, `score`, `qa_outputs`, ...). LM heads tied to the input embeddings are not
+    heads to train separately (they are the embeddings)."""
+    backbone = getattr(model, "base_model_prefix", "")
+    heads = []
+    for name, module in model.named_children():
+        if name == backbone or not any(True for _ in module.parameters()):
+            continue
+        if _tied_to_input_embeddings(module, model):
+            continue
+        heads.append(name)
+    return heads
+
+
+def linear_module_names(model, exclude: list[str]) -> list[str]:
+    """Distinct leaf names of every linear layer in the backbone (nn.Linear, and GPT-2's
+    Conv1D which is a linear layer with transposed weights), skipping the excluded heads."""
+    names = set()
+    for full_name, module in model.named_modules():
+        if any(full_name == h or full_name.startswith(h + ".") for h in exclude):
+            continue
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            if module is model.get_output_embeddings():
+                continue
+            names.add(full_name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights counted once."""
+    trainable = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total

@@ -1,0 +1,17 @@
+"""Full fine-tuning: every parameter trains."""
+
+from __future__ import annotations
+
+
+class FullFineTune:
+    is_adapter = False
+    method = "none"
+    default_lr = 5e-5  # optimizer.lr when unset: the usual full fine-tuning rate
+
+    def apply(self, model, task):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def save(self, model, directory) -> None:
+        model.save_pretrained(directory)

@@ -1,0 +1,63 @@
+"""Causal-LM (next-token) pretraining, GPT-style: texts joined with EOS, cut into blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmtune.errors import UserError
+from llmtune.tasks import common
+from llmtune.tasks.base import IGNORE_INDEX
+
+
+def shift_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Labels for next-token prediction: position t predicts token t+1; no target after the
+    last real token. Built from the attention mask, not the pad id, so an EOS that doubles as
+    the pad token is still learned."""
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, :-1] = input_ids[:, 1:]
+    labels[:, :-1][attention_mask[:, 1:] == 0] = IGNORE_INDEX
+    return labels
+
+
+@dataclass
+class CLMTask:
+    name: str = "clm"
+    max_length: int = 128
+    builtin: str = "text"
+
+    auto_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    main_metric = "loss"
+    greater_is_better = False
+    required_columns = ("text",)
+
+    def texts(self, rows):
+        yield from rows["text"]
+
+    def model_kwargs(self, raw) -> dict:
+        return {}
+
+    def preprocess(self, raw, tokenizer):
+        if tokenizer.eos_token_id is None:
+            raise UserError("task=clm needs a tokenizer with an end-of-sequence token to separate texts; this one has none.")
+        eos = tokenizer.eos_token_id
+
+        def encode(batch):
+            ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+            return {"input_ids": common.pack_into_blocks([row + [eos] for row in ids], self.max_length)}
+
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
+
+    def collator(self, tokenizer, train: bool):
+        def collate(features: list[dict]) -> dict:
+            batch = common.pad_inputs(tokenizer, features, ("input_ids",))
+            batch["labels"] = shift_labels(batch["input_ids"], batch["attention_mask"])
+            return batch
+
+        return collate
+
+    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
+        loss = common.run_eval(model, dataloader, accelerator)
+        return {"loss": loss, "perplexity": common.perplexity(loss)}

@@ -1,0 +1,84 @@
+"""Masked-language-model pretraining (BERT-style) with dynamic masking."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from llmtune.errors import UserError
+from llmtune.tasks import common
+from llmtune.tasks.base import IGNORE_INDEX
+
+
+def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, tokenizer, probability: float, generator=None):
+    """BERT masking: pick `probability` of the maskable positions; of those 80% become [MASK],
+    10% a random token, 10% stay. Returns (inputs, labels) with -100 on unpicked positions."""
+    inputs, labels = input_ids.clone(), input_ids.clone()
+    picked = (torch.rand(input_ids.shape, generator=generator) < probability) & maskable
+    labels[~picked] = IGNORE_INDEX
+    roll = torch.rand(input_ids.shape, generator=generator)
+    inputs[picked & (roll < 0.8)] = tokenizer.mask_token_id
+    randomise = picked & (roll >= 0.8) & (roll < 0.9)
+    inputs[randomise] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[randomise]
+    return inputs, labels
+
+
+@dataclass
+class MLMTask:
+    name: str = "mlm"
+    max_length: int = 128
+    mlm_probability: float = 0.15
+    builtin: str = "text"
+
+    auto_class = "AutoModelForMaskedLM"
+    peft_task_type = "FEATURE_EXTRACTION"  # peft has no MLM task type; adapters still apply
+    main_metric = "loss"
+    greater_is_better = False
+    required_columns = ("text",)
+
+    def texts(self, rows):
+        yield from rows["text"]
+
+    def model_kwargs(self, raw) -> dict:
+        return {}
+
+    def preprocess(self, raw, tokenizer):
+        if tokenizer.mask_token_id is None:
+            raise UserError("task=mlm needs a tokenizer with a mask token; this one has none (a decoder tokenizer?). Use task=clm or a BERT-style model.")
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        inner = self.max_length - 2
+
+        def encode(batch):
+            ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+            blocks = common.pack_into_blocks([row + [sep] for row in ids], inner)
+            return {"input_ids": [[cls, *b, sep] for b in blocks]}
+
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
+
+    def collator(self, tokenizer, train: bool):
+        specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        probability = self.mlm_probability
+
+        def collate(features: list[dict]) -> dict:
+            batch = common.pad_inputs(tokenizer, features, ("input_ids",))
+            ids = batch["input_ids"]
+            maskable = ~torch.isin(ids, specials)
+            if train:  # fresh masks every time a block is seen (global RNG: seeded, resumable)
+                inputs, labels = mask_tokens(ids, maskable, tokenizer, probability)
+            else:  # the same masks at every evaluation, whatever the batching
+                rows = [mask_tokens(r[None], m[None], tokenizer, probability, _row_generator(r)) for r, m in zip(ids, maskable)]
+                inputs, labels = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+            batch["input_ids"], batch["labels"] = inputs, labels
+            return batch
+
+        return collate
+
+    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
+        loss = common.run_eval(model, dataloader, accelerator)
+        return {"loss": loss, "perplexity": common.perplexity(loss)}
+
+
+def _row_generator(row: torch.Tensor) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(row.numpy().tobytes()))

@@ -1,0 +1,1 @@
+"""Terminal output: logging, the progress bar and result tables (rich)."""

@@ -1,0 +1,118 @@
+"""Rich console: logging set-up, the training progress bar, and tables."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+log = logging.getLogger("llmtune")
+
+
+def setup_logging(is_main: bool, log_file: Path | None = None) -> None:
+    """Rich log lines on the main process (warnings only elsewhere), and a plain copy in the run
+    directory so the log survives the terminal."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    if console.is_terminal:
+        log.addHandler(RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
+    else:  # CI logs and pipes: one plain line per record, no wrapping at 80 columns
+        plain = logging.StreamHandler(sys.stderr)
+        plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(plain)
+    if log_file is not None and is_main:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(file_handler)
+    # Library chatter (missing-weights reports, hub retries) says nothing llmtune does not.
+    for name in ("transformers", "datasets", "accelerate", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class TrainProgress:
+    """Progress bar with step, loss, lr, tokens/s and ETA. Refreshed every step (cheap: no
+    device sync); loss and speed change only at log steps. Off the terminal it stays silent
+    and the loop's log lines carry the same numbers."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.enabled = enabled and console.is_terminal
+        self._progress = None
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} tok/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self._task = self._progress.add_task("train", total=total, completed=start, loss="-", lr="-", speed="-")
+            self._progress.start()
+
+    def advance(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def show(self, record: dict) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", speed=f"{record['tokens_per_s']:,.0f}")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def metrics_table(title: str, metrics: dict[str, dict[str, float]], main_metric: str) -> Table:
+    """One column per split (validation, test), one row per metric; the main metric first."""
+    splits = [s for s in metrics if metrics[s]]
+    names: list[str] = []
+    for s in splits:
+        names += [k for k in metrics[s] if k not in names]
+    names.sort(key=lambda k: k != main_metric)
+    table = Table(title=title)
+    table.add_column("metric")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for name in names:
+        label = f"{name} (main)" if name == main_metric else name
+        table.add_row(label, *[_fmt(metrics[s].get(name)) for s in splits])
+    return table
+
+
+def rows_table(title: str, header: Sequence[str], rows: Iterable[Sequence]) -> Table:
+    table = Table(title=title)
+    for h in header:
+        table.add_column(str(h))
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    return table
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_table(table: Table) -> None:
+    Console(file=sys.stdout).print(table)
