@@ -47,10 +47,8 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 def total_steps(tcfg, steps_per_epoch: int) -> int:
-    by_epochs = tcfg.max_epochs * steps_per_epoch if tcfg.max_epochs else None
-    if tcfg.max_steps and by_epochs:
-        return min(tcfg.max_steps, by_epochs)
-    return tcfg.max_steps or by_epochs
+    """max_steps when set (it overrides max_epochs, as in HF Trainer), else whole epochs."""
+    return tcfg.max_steps or tcfg.max_epochs * steps_per_epoch
 
 
 def build_trainer(cfg, accelerator, run_dir: Path):
@@ -94,7 +92,7 @@ def build_trainer(cfg, accelerator, run_dir: Path):
         "training: %d steps of %d examples (batch %d × accum %d × %d process(es)), %.1f epochs, lr %g",
         steps, plan.step_size, t.batch_size, t.grad_accum, accelerator.num_processes, steps / plan.steps_per_epoch, lr,
     )
-    callbacks = [JsonlLogger(run_dir / "train_log.jsonl"), ProgressCallback(enabled=accelerator.is_main_process), EarlyStopping(t.early_stopping_patience)]
+    callbacks = [JsonlLogger(run_dir / "train_log.jsonl", enabled=accelerator.is_main_process), ProgressCallback(enabled=accelerator.is_main_process), EarlyStopping(t.early_stopping_patience)]
     trainer = Trainer(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, task=task, tokenizer=tokenizer,
         datasets=data, plan=plan, total_steps=steps, run_dir=run_dir, tcfg=t, seed=cfg.seed, callbacks=callbacks,

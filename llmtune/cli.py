@@ -77,7 +77,9 @@ def _exit_on_user_error(exc: BaseException) -> None:
     from llmtune.errors import UserError
 
     if isinstance(exc, UserError) and not os.environ.get("LLMTUNE_DEBUG"):
-        print(f"llmtune: error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+        where = f" (rank {rank})" if rank is not None else ""
+        print(f"llmtune: error{where}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
 

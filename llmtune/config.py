@@ -65,6 +65,7 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> None:
 
     if any(a in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn") for a in args):
         return  # a user-supplied config tree: Hydra reports on it itself
+    multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -85,7 +86,12 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> None:
         else:
             choices.append([ov.input_line])
     for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_COMBINATIONS):
-        _check_combination(config_dir, config_name, [c for c in combo if c is not None])
+        cfg = _check_combination(config_dir, config_name, [c for c in combo if c is not None])
+        if not multirun and int(os.environ.get("RANK", "0")) == 0:
+            from llmtune.job import check_run_dir
+
+            # Before Hydra creates the directory and writes its .hydra/ files into it.
+            check_run_dir(Path(str(cfg.output_dir)).expanduser().resolve(), cfg.trainer)
 
 
 def _as_override(ov, value: str) -> str:
@@ -208,7 +214,7 @@ def _check_type(key: str, default: Any, value: Any) -> None:
         raise UserError(f"{key}={value!r}: expected {name} (the default is {default!r}). Fix the value on the command line.")
 
 
-def _check_combination(config_dir: str, config_name: str, overrides: list[str]) -> None:
+def _check_combination(config_dir: str, config_name: str, overrides: list[str]) -> DictConfig:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -222,7 +228,9 @@ def _check_combination(config_dir: str, config_name: str, overrides: list[str]) 
         default = _check_key(base, ov)
         if ov.type.name != "DEL":
             _check_type(ov.key_or_group, default, ov.value())
-    validate(_compose(config_dir, config_name, overrides))
+    cfg = _compose(config_dir, config_name, overrides)
+    validate(cfg)
+    return cfg
 
 
 # --------------------------------------------------------------------------- semantic rules

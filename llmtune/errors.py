@@ -17,6 +17,22 @@ class UserError(Exception):
     exit_code = 2
 
 
+class TrainingError(UserError):
+    """Training cannot go on (non-finite loss, out of memory, disk full); reported as one line
+    with what to change. The last complete checkpoint is left intact."""
+
+    exit_code = 3
+
+
+class Interrupted(UserError):
+    """SIGTERM/SIGINT: a checkpoint was written and the run stopped; resume with
+    trainer.resume=auto. Exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The closest valid spelling of `word` among `choices`, or None when nothing is close."""
     choices = list(choices)

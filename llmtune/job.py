@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -33,16 +34,23 @@ def run_dir_of(cfg: DictConfig) -> Path:
         return Path(str(cfg.output_dir)).expanduser().resolve()
 
 
-def _check_run_dir(run_dir: Path, resume) -> None:
-    """Refuse to mix two runs in one directory: a fresh run needs an empty one."""
-    if resume is not None:
+def check_run_dir(run_dir: Path, tcfg) -> None:
+    """Refuse to mix two runs in one directory: a fresh run needs an empty one, unless it
+    resumes the run there or the user asked to replace it."""
+    if tcfg.resume is not None:
         return
     found = [m for m in RUN_MARKERS if (run_dir / m).exists()]
-    if found:
+    if not found:
+        return
+    if not tcfg.overwrite_output_dir:
         raise UserError(
             f"output_dir {run_dir} already holds a run ({', '.join(found)}); pick a new output_dir, "
-            "or continue it with trainer.resume=auto."
+            "continue it with trainer.resume=auto, or replace it with trainer.overwrite_output_dir=true."
         )
+    log.warning("replacing the run in %s (trainer.overwrite_output_dir=true)", run_dir)
+    for name in (*RUN_MARKERS, "final", "run.log"):
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -55,7 +63,7 @@ def run_job(cfg: DictConfig) -> float | None:
     run_dir = run_dir_of(cfg)
     accelerator = build_accelerator(cfg)
     if accelerator.is_main_process:
-        _check_run_dir(run_dir, cfg.trainer.resume)
+        check_run_dir(run_dir, cfg.trainer)
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     setup_logging(accelerator.is_main_process, run_dir / "run.log")

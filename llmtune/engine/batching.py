@@ -71,3 +71,18 @@ class BatchPlan:
             for accum in range(self.grad_accum):
                 out.append(chunks[accum * self.world_size + rank])
         return out
+
+
+class FixedBatches:
+    """A batch sampler over precomputed batches. `batch_size` lets accelerate shard it across
+    processes (evenly, with gather_for_metrics dropping the repeats)."""
+
+    def __init__(self, batches: list[list[int]], batch_size: int) -> None:
+        self.batches, self.batch_size = batches, batch_size
+        self.drop_last = False
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

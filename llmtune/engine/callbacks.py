@@ -13,6 +13,8 @@ log = logging.getLogger("llmtune")
 
 
 class Callback:
+    """Hooks run on every process; a callback that writes files checks it is the main one."""
+
     def on_train_start(self, state: TrainState, total_steps: int) -> None: ...
     def on_step(self, state: TrainState) -> None: ...
     def on_log(self, state: TrainState, record: dict) -> None: ...
@@ -24,14 +26,16 @@ class JsonlLogger(Callback):
     """One JSON object per log step and per evaluation, flushed as written (a killed run keeps
     its log). Only the main process writes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
 
     def _write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     def on_log(self, state, record):
+        if not self.enabled:
+            return
         self._write(record)
         log.info(
             "step %d/%s  loss %.4f  lr %.2e  grad_norm %s  %s tok/s",
@@ -40,6 +44,8 @@ class JsonlLogger(Callback):
         )
 
     def on_evaluate(self, state, record):
+        if not self.enabled:
+            return
         self._write(record)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
         log.info("eval at step %d: %s", record["step"], shown)

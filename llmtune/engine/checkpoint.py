@@ -5,10 +5,13 @@ Layout of `checkpoints/step-N/`:
                            adapter and head with LoRA) — the rest is rebuilt from the config
     optimizer.pt, scheduler.pt
     rng-rank{R}.pt         python, numpy and torch RNG states of each process
-    state.json             step, epoch, position in the epoch, best metric, run fingerprint
+    state.json             step, epoch, position in the epoch, best metric, run fingerprint,
+                           and the size of every other file (written last)
 
 A checkpoint is written under a temporary name and renamed into place when complete, so a
 process killed mid-save leaves the previous checkpoints intact and no half-written `step-N`.
+A checkpoint whose files do not match the sizes in its state.json (truncated, damaged) is
+skipped when resuming. Rotation deletes old checkpoints only after the new one is complete.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmtune.errors import UserError
+from llmtune.errors import TrainingError, UserError
 
 log = logging.getLogger("llmtune")
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -52,11 +55,20 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def is_loadable(path: Path) -> bool:
+    """Complete and undamaged as far as cheap checks tell: state.json parses, every file it
+    lists has its recorded size, and the weights' header reads."""
     try:
-        json.loads((path / "state.json").read_text())
-    except (OSError, ValueError):
+        saved = json.loads((path / "state.json").read_text())
+        sizes = saved["files"]
+        if any((path / name).stat().st_size != size for name, size in sizes.items()):
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(path / "trainable.safetensors"), framework="pt") as f:
+            f.keys()
+    except Exception:  # noqa: BLE001 — any failure to read means unusable
         return False
-    return (path / "trainable.safetensors").is_file() and (path / "optimizer.pt").is_file()
+    return "trainable.safetensors" in sizes and "optimizer.pt" in sizes
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -110,24 +122,33 @@ def save(directory: Path, state: TrainState, model, optimizer, scheduler, accele
 
     final = directory / f"step-{state.step}"
     tmp = directory / f".tmp-step-{state.step}"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            save_file(trainable_state(unwrapped), tmp / "trainable.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            files = {p.name: p.stat().st_size for p in tmp.iterdir()}
+            (tmp / "state.json").write_text(json.dumps({**asdict(state), "files": files}, indent=1))
+            _fsync_dir(tmp)
+            if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(directory)
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+        previous = latest_checkpoint(directory)
+        raise TrainingError(
+            f"could not write checkpoint {final}: {exc.strerror or exc}; the last complete checkpoint is "
+            f"{previous or 'none'}. Free space (or lower trainer.save_total_limit) and resume with trainer.resume=auto."
+        ) from exc
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        save_file(trainable_state(unwrapped), tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(directory)
         _rotate(directory, keep, protect)
     accelerator.wait_for_everyone()
     return final
@@ -156,13 +177,12 @@ def _rotate(directory: Path, keep: int, protect: int | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load(path: Path, model, optimizer, scheduler, accelerator) -> TrainState:
-    """Restore a checkpoint written by `save` into freshly built objects."""
+def load_trainable(path: Path, model) -> None:
+    """Copy a checkpoint's trainable parameters into `model` (same names, same set)."""
     from safetensors.torch import load_file
 
-    unwrapped = accelerator.unwrap_model(model)
     saved = load_file(path / "trainable.safetensors")
-    params = dict(unwrapped.named_parameters())
+    params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(saved) != expected:
         missing, extra = sorted(expected - set(saved))[:3], sorted(set(saved) - expected)[:3]
@@ -173,9 +193,16 @@ def load(path: Path, model, optimizer, scheduler, accelerator) -> TrainState:
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
+
+
+def load(path: Path, model, optimizer, scheduler, accelerator) -> TrainState:
+    """Restore a checkpoint written by `save` into freshly built objects."""
+    load_trainable(path, accelerator.unwrap_model(model))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng-rank{accelerator.process_index}.pt"
     if rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    return TrainState(**json.loads((path / "state.json").read_text()))
+    saved_state = json.loads((path / "state.json").read_text())
+    saved_state.pop("files", None)
+    return TrainState(**saved_state)

@@ -1,11 +1,16 @@
-"""fit() and evaluate(): a step-based training loop on HF Accelerate, readable in one sitting.
+"""fit(): a step-based training loop on HF Accelerate, readable in one sitting.
 
 Order follows accelerate's examples: the Accelerator and seed come first (builders), then data,
 model, optimizer and scheduler; `prepare`; the loop; evaluation with gather_for_metrics; save.
-`state.step` counts optimizer steps. The loss of a step is summed over every labelled position
-of its micro-batches and divided by their total count (across processes too), so any split of
-the same step batch gives the same update. Nothing reads a device value back per step: losses
-are summed on the device and read once per log step.
+`state.step` counts optimizer steps.
+
+- Exact accumulation: a step's loss is summed over every labelled position of its micro-batches
+  and divided by their total count (across processes too), so any split of the same step batch
+  into micro-batches and processes gives the same update.
+- Losses are summed on the device and read once per log step. The one read per step is the
+  finite check (loss and gradient norm) that stops a diverging run before its optimizer step.
+- SIGTERM/SIGINT finish the step, write a checkpoint and exit 143/130; out-of-memory and
+  non-finite values exit 3 with a hint; neither writes a checkpoint of a broken state.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmtune.engine import checkpoint
-from llmtune.engine.batching import BatchPlan
+from llmtune.engine.batching import BatchPlan, FixedBatches
 from llmtune.engine.callbacks import Callback, EarlyStopping
 from llmtune.engine.checkpoint import TrainState
 from llmtune.engine.loss import count_targets, cross_entropy_sum
-from llmtune.errors import UserError
+from llmtune.engine.signals import StopRequest
+from llmtune.errors import Interrupted, TrainingError, UserError
 
 log = logging.getLogger("llmtune")
+
+OOM_HINT = "lower trainer.batch_size (and raise trainer.grad_accum to keep the step size), shorten task.max_length, use trainer.precision=bf16, or peft=lora"
 
 
 @dataclass
@@ -95,203 +103,285 @@ def eval_loader(trainer: Trainer, split: str):
     order = sorted(range(len(data)), key=lambda i: -lengths[i])
     size = trainer.tcfg.eval_batch_size
     batches = [order[i : i + size] for i in range(0, len(order), size)]
-    loader = DataLoader(data, batch_sampler=batches, collate_fn=trainer.task.collator(trainer.tokenizer, train=False))
+    loader = DataLoader(data, batch_sampler=FixedBatches(batches, size), collate_fn=trainer.task.collator(trainer.tokenizer, train=False))
     return trainer.accelerator.prepare_data_loader(loader)
 
 
-def evaluate(trainer: Trainer, model, split: str, loaders: dict) -> dict[str, float]:
-    if split not in loaders:
-        loaders[split] = eval_loader(trainer, split)
-    return trainer.task.evaluate(model, loaders[split], trainer.accelerator)
-
-
 def fit(trainer: Trainer) -> FitResult:
-    acc, t, task = trainer.accelerator, trainer.tcfg, trainer.task
-    model, optimizer = acc.prepare(trainer.model, trainer.optimizer)
-    # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it
-    # once per process, which changes the schedule with the number of processes).
-    scheduler = trainer.scheduler
-    state = TrainState(fingerprint=trainer.fingerprint)
-    if trainer.resume_from is not None:
-        state = checkpoint.load(trainer.resume_from, model, optimizer, scheduler, acc)
-        _check_fingerprint(state.fingerprint, trainer.fingerprint, trainer.resume_from)
-        log.info("resumed from %s at step %d (epoch %d)", trainer.resume_from, state.step, state.epoch)
+    return _Fit(trainer).run()
 
-    callbacks = trainer.callbacks
-    stopper = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
-    loaders: dict = {}
-    has_validation = "validation" in trainer.datasets
-    initial = None
-    for cb in callbacks:
-        cb.on_train_start(state, trainer.total_steps)
-    if t.eval_at_start and state.step == 0 and has_validation:
-        initial = evaluate(trainer, model, "validation", loaders)
-        _on_eval(trainer, state, initial, callbacks, record_best=False)
 
-    collate = task.collator(trainer.tokenizer, train=True)
-    world, rank = acc.num_processes, acc.process_index
-    device = acc.device
-    started = time.perf_counter()
-    window = {"loss": torch.zeros((), device=device), "targets": 0, "tokens": 0, "t0": started}
-    last_eval_step, last_metrics, train_loss, grad_norm = -1, None, None, None
-    model.train()
-    while state.step < trainer.total_steps and not (stopper and stopper.should_stop):
-        micro = trainer.plan.micro_batches(state.epoch, rank)
-        if state.micro_in_epoch >= len(micro):
-            state.epoch, state.micro_in_epoch = state.epoch + 1, 0
-            continue
-        source = _StepBatches(trainer.datasets["train"], micro, collate, trainer.seed, state.epoch)
+class _Fit:
+    """The mutable pieces of one fit() call and the steps that change them."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.acc, self.t, self.task = trainer, trainer.accelerator, trainer.tcfg, trainer.task
+        self.model, self.optimizer = self.acc.prepare(trainer.model, trainer.optimizer)
+        # Stepped here once per optimizer step: accelerate's wrapper would step it once per
+        # process, which would change the schedule with the number of processes.
+        self.scheduler = trainer.scheduler
+        self.state = TrainState(fingerprint=trainer.fingerprint)
+        self.stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+        self.loaders: dict = {}
+        self.last_metrics: dict | None = None
+        self.last_eval_step = -1
+        self.train_loss: float | None = None
+        self.grad_norm = None
+        self.nonfinite = 0
+        device = self.acc.device
+        self.window = {"loss": torch.zeros((), device=device), "targets": 0, "tokens": 0, "t0": time.perf_counter()}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> FitResult:
+        trainer, state, t = self.trainer, self.state, self.t
+        if trainer.resume_from is not None:
+            self.state = state = checkpoint.load(trainer.resume_from, self.model, self.optimizer, self.scheduler, self.acc)
+            _check_fingerprint(state.fingerprint, trainer.fingerprint, trainer.resume_from, t.resume_allow_changes)
+            state.fingerprint = trainer.fingerprint
+            log.info("resumed from %s at step %d (epoch %d)", trainer.resume_from, state.step, state.epoch)
+        started = time.perf_counter()
+        self.window["start"] = started
+        for cb in trainer.callbacks:
+            cb.on_train_start(state, trainer.total_steps)
+        initial = None
+        has_validation = "validation" in trainer.datasets
+        if t.eval_at_start and state.step == 0 and has_validation:
+            initial = self.evaluate("validation")
+            self._on_eval(initial, record_best=False)
+
+        self.model.train()
+        with StopRequest() as stop:
+            while state.step < trainer.total_steps and not self._early_stopped():
+                if not self._run_epoch(stop):
+                    state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+
+        metrics = {}
+        if has_validation:
+            if self.last_eval_step != state.step:  # stopped between evaluations, or resumed at the end
+                self.last_metrics = self.evaluate("validation")
+                self._on_eval(self.last_metrics, record_best=True)
+            metrics["validation"] = self._restore_best() or self.last_metrics
+        if "test" in trainer.datasets:
+            metrics["test"] = self.evaluate("test")
+        for cb in trainer.callbacks:
+            cb.on_train_end(state)
+        trainer.model = self.acc.unwrap_model(self.model)
+        return FitResult(state, metrics, initial, self.train_loss, time.perf_counter() - started)
+
+    def _early_stopped(self) -> bool:
+        return bool(self.stopper and self.stopper.should_stop)
+
+    def _run_epoch(self, stop: StopRequest) -> bool:
+        """Train through the rest of the current epoch; False once the epoch is used up."""
+        trainer, state, t = self.trainer, self.state, self.t
+        micro = trainer.plan.micro_batches(state.epoch, self.acc.process_index)
+        remaining_steps = (len(micro) - state.micro_in_epoch) // t.grad_accum
+        if remaining_steps <= 0:
+            return False
+        source = _StepBatches(trainer.datasets["train"], micro, self.task.collator(trainer.tokenizer, train=True), trainer.seed, state.epoch)
         loader = DataLoader(
             source, batch_size=None, sampler=range(state.micro_in_epoch, len(micro)),
-            num_workers=t.num_workers, pin_memory=device.type == "cuda",
+            num_workers=t.num_workers, pin_memory=self.acc.device.type == "cuda",
         )
         batches = iter(loader)
-        for _ in range((len(micro) - state.micro_in_epoch) // t.grad_accum):
+        for _ in range(remaining_steps):
             step_batches = [next(batches) for _ in range(t.grad_accum)]
             state.micro_in_epoch += t.grad_accum
-            loss_sum, targets, tokens = _train_step(acc, model, step_batches, world, state.step)
-            if t.max_grad_norm:
-                grad_norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            self._optimizer_step(step_batches)
+            if self._after_step(stop):
+                return True
+        return False
+
+    def _optimizer_step(self, batches: list[dict]) -> None:
+        state, t = self.state, self.t
+        try:
+            stepped = self._forward_backward(batches)
+            if stepped:
+                max_norm = t.max_grad_norm or float("inf")  # inf: measure the norm, clip nothing
+                self.grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), max_norm)
+                stepped = self._check_finite()
+        except torch.OutOfMemoryError as exc:
+            raise TrainingError(f"out of memory at step {state.step + 1}{self._rank()}: {OOM_HINT}. No checkpoint was written for this step.") from exc
+        if stepped:
+            self.optimizer.step()
+            self.scheduler.step()
             state.step += 1
-            state.tokens_seen += tokens
-            window["loss"] += loss_sum
-            window["targets"] += targets
-            window["tokens"] += tokens
-            for cb in callbacks:
-                cb.on_step(state)
+        self.optimizer.zero_grad(set_to_none=True)
 
-            if state.step % t.log_every == 0 or state.step == trainer.total_steps:
-                train_loss = _log(trainer, state, window, scheduler, grad_norm, callbacks)
-            is_last = state.step == trainer.total_steps
-            if has_validation and ((t.eval_every and state.step % t.eval_every == 0) or is_last):
-                last_metrics = evaluate(trainer, model, "validation", loaders)
-                last_eval_step = state.step
-                _on_eval(trainer, state, last_metrics, callbacks, record_best=True)
-                _save(trainer, state, model, optimizer, scheduler)
-            elif t.save_every and state.step % t.save_every == 0:
-                _save(trainer, state, model, optimizer, scheduler)
-            if is_last or (stopper and stopper.should_stop):
-                break
-
-    metrics = {}
-    if has_validation:
-        if last_eval_step != state.step:  # stopped between evaluations (or resumed at the end)
-            last_metrics = evaluate(trainer, model, "validation", loaders)
-            _on_eval(trainer, state, last_metrics, callbacks, record_best=True)
-        metrics["validation"] = last_metrics
-        best = _restore_best(trainer, state, model, metrics["validation"])
-        if best is not None:
-            metrics["validation"] = best
-    if "test" in trainer.datasets:
-        metrics["test"] = evaluate(trainer, model, "test", loaders)
-    for cb in callbacks:
-        cb.on_train_end(state)
-    trainer.model = acc.unwrap_model(model)
-    return FitResult(state, metrics, initial, train_loss, time.perf_counter() - started)
-
-
-def _train_step(acc, model, batches: list[dict], world: int, step: int):
-    """Forward/backward over one step's micro-batches; returns (summed loss on device,
-    labelled positions, non-pad input tokens), the counts taken on the CPU before transfer."""
-    counts = [count_targets(b["labels"]) for b in batches]
-    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
-    local = sum(counts)
-    if world > 1:
-        total = acc.reduce(torch.tensor(float(local), device=acc.device), reduction="sum")
-        scale = world / total.clamp(min=1.0)
-    else:
-        if local == 0:
-            raise UserError(f"step {step + 1}: the batch has no labelled positions (every label is ignored), so there is nothing to learn; check max_length against your examples.")
-        scale = 1.0 / local
-    loss_total = torch.zeros((), device=acc.device)
-    for i, batch in enumerate(batches):
-        batch = _to_device(batch, acc.device)
-        labels = batch.pop("labels")
-        # Gradients are all-reduced once per step, on the last micro-batch.
-        with nullcontext() if i == len(batches) - 1 else acc.no_sync(model):
-            logits = model(**batch).logits
-            loss_sum = cross_entropy_sum(logits, labels)
-            acc.backward(loss_sum * scale)
-        loss_total += loss_sum.detach()
-    return loss_total, local, tokens
-
-
-def _log(trainer: Trainer, state: TrainState, window: dict, scheduler, grad_norm, callbacks) -> float:
-    """Read the device-side sums once, across processes; write a log record."""
-    acc = trainer.accelerator
-    sums = torch.stack([window["loss"], torch.tensor(float(window["targets"]), device=acc.device), torch.tensor(float(window["tokens"]), device=acc.device)])
-    sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
-    loss_sum, targets, tokens = sums.tolist()
-    loss = loss_sum / max(targets, 1.0)
-    now = time.perf_counter()
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"the training loss became {loss} by step {state.step}; lower optimizer.lr or check the data (no checkpoint of this state is written).")
-    record = {
-        "type": "train",
-        "step": state.step,
-        "total_steps": trainer.total_steps,
-        "epoch": state.epoch,
-        "loss": loss,
-        "lr": scheduler.get_last_lr()[0],
-        "grad_norm": float(grad_norm) if grad_norm is not None else None,
-        "tokens_per_s": tokens / max(now - window["t0"], 1e-9),
-        "elapsed_s": now - window.get("start", window["t0"]),
-    }
-    window.setdefault("start", window["t0"])
-    window.update(loss=torch.zeros((), device=acc.device), targets=0, tokens=0, t0=now)
-    if acc.is_main_process:
-        for cb in callbacks:
-            cb.on_log(state, record)
-    return loss
-
-
-def _on_eval(trainer: Trainer, state: TrainState, metrics: dict, callbacks, record_best: bool) -> None:
-    task = trainer.task
-    value = metrics[task.main_metric]
-    if record_best:
-        if _is_better(value, state.best_metric, task.greater_is_better):
-            state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+    def _forward_backward(self, batches: list[dict]) -> bool:
+        """Forward/backward over one step's micro-batches. Counts are taken on the CPU before
+        the transfer, so normalising needs no device read. False when nothing is labelled."""
+        acc, world = self.acc, self.acc.num_processes
+        local = sum(count_targets(b["labels"]) for b in batches)
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
+        if world > 1:
+            total = acc.reduce(torch.tensor(float(local), device=acc.device), reduction="sum")
+            scale = world / total.clamp(min=1.0)  # DDP averages gradients over processes
+        elif local == 0:
+            log.warning("step %d: no labelled position in this batch (all labels ignored); skipped, not counted as a zero loss", self.state.step + 1)
+            return False
         else:
-            state.evals_without_improvement += 1
-    record = {"type": "eval", "split": "validation", "step": state.step, **metrics}
-    for cb in callbacks:
-        if trainer.accelerator.is_main_process or not hasattr(cb, "path"):
+            scale = 1.0 / local
+        loss_total = torch.zeros((), device=acc.device)
+        for i, batch in enumerate(batches):
+            batch = _to_device(batch, acc.device)
+            labels = batch.pop("labels")
+            # Gradients are all-reduced once per step, on the last micro-batch.
+            with nullcontext() if i == len(batches) - 1 else acc.no_sync(self.model):
+                loss_sum = cross_entropy_sum(self.model(**batch).logits, labels)
+                acc.backward(loss_sum * scale)
+            loss_total += loss_sum.detach()
+        self.step_loss = loss_total
+        self.window["loss"] += loss_total
+        self.window["targets"] += local
+        self.window["tokens"] += tokens
+        self.state.tokens_seen += tokens
+        return True
+
+    def _check_finite(self) -> bool:
+        """Stop (or, with trainer.skip_nonfinite, skip) before the optimizer step when the loss
+        or the gradient norm is not finite. With fp16 an infinite gradient is the loss scaler's
+        business (it skips the step and lowers the scale), so only the loss is checked."""
+        values = [self.step_loss] if self.acc.mixed_precision == "fp16" else [self.step_loss, self.grad_norm]
+        if bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()):
+            return True
+        self.nonfinite += 1
+        what = f"loss {float(self.step_loss):.4g}, gradient norm {float(self.grad_norm):.4g}"
+        if self.nonfinite <= self.t.skip_nonfinite:
+            log.warning("step %d%s: non-finite values (%s); batch skipped (%d of %d allowed by trainer.skip_nonfinite)",
+                        self.state.step + 1, self._rank(), what, self.nonfinite, self.t.skip_nonfinite)
+            return False
+        previous = checkpoint.latest_checkpoint(self.trainer.run_dir / "checkpoints")
+        raise TrainingError(
+            f"step {self.state.step + 1}{self._rank()}: non-finite values ({what}); stopped before the optimizer step, "
+            f"no checkpoint of this state was written (last good: {previous or 'none'}). "
+            "Lower optimizer.lr, keep trainer.max_grad_norm set, prefer bf16 to fp16, or allow a few bad batches with trainer.skip_nonfinite=N."
+        )
+
+    def _rank(self) -> str:
+        return f" (rank {self.acc.process_index})" if self.acc.num_processes > 1 else ""
+
+    def _after_step(self, stop: StopRequest) -> bool:
+        """Log, evaluate, save, and decide whether to stop. True ends the epoch loop."""
+        trainer, state, t = self.trainer, self.state, self.t
+        for cb in trainer.callbacks:
+            cb.on_step(state)
+        is_last = state.step >= trainer.total_steps
+        at_log = state.step % t.log_every == 0 or is_last
+        if at_log:
+            self.train_loss = self._log()
+        saved = False
+        if "validation" in trainer.datasets and ((t.eval_every and state.step % t.eval_every == 0) or is_last):
+            self.last_metrics = self.evaluate("validation")
+            self.last_eval_step = state.step
+            self._on_eval(self.last_metrics, record_best=True)
+            self._save()
+            saved = True
+        elif t.save_every and state.step % t.save_every == 0:
+            self._save()
+            saved = True
+        signum = self._stop_signal(stop, at_log)
+        if signum:
+            if not saved:
+                self._save()
+            raise Interrupted(
+                f"stopped by signal at step {state.step}; checkpoint written to {trainer.run_dir / 'checkpoints' / f'step-{state.step}'}. "
+                "Continue with trainer.resume=auto (same output_dir).", signum,
+            )
+        return is_last or self._early_stopped()
+
+    def _stop_signal(self, stop: StopRequest, at_log: bool) -> int:
+        """The signal to stop for. Alone, checked every step; with several processes, agreed
+        at log steps (every process must stop at the same step to save together)."""
+        if self.acc.num_processes == 1:
+            return stop.signum or 0
+        if not at_log:
+            return 0
+        flag = torch.tensor(float(stop.signum or 0), device=self.acc.device)
+        return int(_max_across(flag))
+
+    # ------------------------------------------------------------------ logging, eval, save
+    def _log(self) -> float:
+        """Read the device-side sums once, across processes; write a log record."""
+        acc, state, window = self.acc, self.state, self.window
+        device = acc.device
+        sums = torch.stack([window["loss"], torch.tensor(float(window["targets"]), device=device), torch.tensor(float(window["tokens"]), device=device)])
+        if acc.num_processes > 1:
+            sums = acc.reduce(sums, reduction="sum")
+        loss_sum, targets, tokens = sums.tolist()
+        loss = loss_sum / max(targets, 1.0)
+        now = time.perf_counter()
+        record = {
+            "type": "train",
+            "step": state.step,
+            "total_steps": self.trainer.total_steps,
+            "epoch": state.epoch,
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
+            "tokens_per_s": tokens / max(now - window["t0"], 1e-9),
+            "elapsed_s": now - window["start"],
+        }
+        window.update(loss=torch.zeros((), device=device), targets=0, tokens=0, t0=now)
+        for cb in self.trainer.callbacks:
+            cb.on_log(state, record)
+        return loss
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        if split not in self.loaders:
+            self.loaders[split] = eval_loader(self.trainer, split)
+        return self.task.evaluate(self.model, self.loaders[split], self.acc)
+
+    def _on_eval(self, metrics: dict, record_best: bool) -> None:
+        state, task = self.state, self.task
+        value = metrics[task.main_metric]
+        if record_best:
+            if _is_better(value, state.best_metric, task.greater_is_better):
+                state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            else:
+                state.evals_without_improvement += 1
+        record = {"type": "eval", "split": "validation", "step": state.step, **metrics}
+        for cb in self.trainer.callbacks:
             cb.on_evaluate(state, record)
 
+    def _save(self) -> None:
+        checkpoint.save(
+            self.trainer.run_dir / "checkpoints", self.state, self.model, self.optimizer, self.scheduler, self.acc,
+            keep=self.t.save_total_limit, protect=self.state.best_step,
+        )
 
-def _save(trainer: Trainer, state: TrainState, model, optimizer, scheduler) -> None:
-    checkpoint.save(
-        trainer.run_dir / "checkpoints", state, model, optimizer, scheduler, trainer.accelerator,
-        keep=trainer.tcfg.save_total_limit, protect=state.best_step,
-    )
-
-
-def _restore_best(trainer: Trainer, state: TrainState, model, final: dict) -> dict | None:
-    """When an earlier checkpoint scored better than the final weights, load it back so final/
-    and the test metrics use the best model. Returns its validation metrics, or None."""
-    task = trainer.task
-    if state.best_step is None or state.best_step == state.step:
-        return None
-    if not _is_better(state.best_metric, final[task.main_metric], task.greater_is_better):
-        return None
-    path = trainer.run_dir / "checkpoints" / f"step-{state.best_step}"
-    if not checkpoint.is_loadable(path):
-        return None
-    from safetensors.torch import load_file
-
-    params = dict(trainer.accelerator.unwrap_model(model).named_parameters())
-    with torch.no_grad():
-        for name, tensor in load_file(path / "trainable.safetensors").items():
-            params[name].copy_(tensor)
-    log.info("loaded the best checkpoint (step %d, %s %.4f) for final/ and test", state.best_step, task.main_metric, state.best_metric)
-    return evaluate(trainer, model, "validation", {})
+    def _restore_best(self) -> dict | None:
+        """When an earlier checkpoint scored better than the final weights, load it back so
+        final/ and the test metrics use the best model. Returns its validation metrics."""
+        state, task = self.state, self.task
+        if state.best_step is None or state.best_step == state.step:
+            return None
+        if not _is_better(state.best_metric, self.last_metrics[task.main_metric], task.greater_is_better):
+            return None
+        path = self.trainer.run_dir / "checkpoints" / f"step-{state.best_step}"
+        if not checkpoint.is_loadable(path):
+            return None
+        checkpoint.load_trainable(path, self.acc.unwrap_model(self.model))
+        log.info("loaded the best checkpoint (step %d, %s %.4f) for final/ and test", state.best_step, task.main_metric, state.best_metric)
+        return self.evaluate("validation")
 
 
-def _check_fingerprint(saved: dict, current: dict, path: Path) -> None:
+def _max_across(value: torch.Tensor) -> float:
+    import torch.distributed as dist
+
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value)
+
+
+def _check_fingerprint(saved: dict, current: dict, path: Path, allow: bool) -> None:
     changed = [k for k in current if k in saved and saved[k] != current[k]]
-    if changed:
-        details = ", ".join(f"{k}: {saved[k]} -> {current[k]}" for k in changed)
-        raise UserError(f"trainer.resume: {path} was written with different settings ({details}); resume with the same settings or start a new output_dir.")
+    if not changed:
+        return
+    details = ", ".join(f"{k}: {saved[k]} -> {current[k]}" for k in changed)
+    if allow:
+        log.warning("resuming %s with changed settings (%s), as trainer.resume_allow_changes permits", path, details)
+        return
+    raise UserError(
+        f"trainer.resume: {path} was written with different settings ({details}); resume with the same settings, "
+        "start a new output_dir, or set trainer.resume_allow_changes=true to accept the change."
+    )
