@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from llmtune.errors import UserError, closest_key, did_you_mean
 
 PRECISIONS = ("no", "bf16", "fp16")
+PRETRAIN_TASKS = ("mlm", "clm")
 MAX_PREFLIGHT_COMBINATIONS = 64
 _MISSING = object()
 _STAMP: str | None = None
@@ -221,6 +222,10 @@ def _check_combination(config_dir: str, config_name: str, overrides: list[str]) 
     for ov in parsed:
         if _is_group(ov.key_or_group):
             _check_group_option(ov)
+        if config_name == "pretrain" and ov.key_or_group == "task" and ov.value() not in PRETRAIN_TASKS:
+            raise UserError(
+                f"task={ov.value()}: `llmtune pretrain` runs task=mlm or task=clm; for task={ov.value()} use `llmtune finetune task={ov.value()}`."
+            )
     base = _compose(config_dir, config_name, _group_choices(overrides))
     for ov in parsed:
         if _is_group(ov.key_or_group) or ov.key_or_group.startswith("hydra"):

@@ -27,15 +27,19 @@ class SweepSummary(Callback):
 
 
 def summarize(sweep_dir: Path) -> list[dict]:
-    """One row per job directory: job number, overrides, main metric (validation) and test."""
+    """One row per job directory: job number, the overrides that vary between jobs, main
+    metric (validation) and test."""
     import yaml
 
     rows = []
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    overrides = {}
     for job in jobs:
         overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        row = {"job": job.name, "overrides": " ".join(overrides or [])}
+        overrides[job] = (yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else None) or []
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(overrides) > 1 else set()
+    for job in jobs:
+        row = {"job": job.name, "overrides": " ".join(o for o in overrides[job] if o not in shared)}
         metrics_file = job / "metrics.json"
         if metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())

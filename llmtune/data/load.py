@@ -116,6 +116,21 @@ def _labels_as_names(ds):
     return ds
 
 
+def _drop_unlabelled(data):
+    """Drop examples in which every label is ignored (e.g. everything truncated away): they
+    would add nothing but a misleading zero to the loss. Counted and reported."""
+    from llmtune.tasks.base import IGNORE_INDEX
+
+    for split, ds in data.items():
+        if "labels" not in ds.column_names or not ds or not isinstance(ds[0]["labels"], list):
+            continue
+        kept = ds.filter(lambda b: [any(x != IGNORE_INDEX for x in row) for row in b["labels"]], batched=True)
+        if len(kept) < len(ds):
+            log.warning("%s: dropped %d of %d examples with no labelled token (check task.max_length)", split, len(ds) - len(kept), len(ds))
+            data[split] = kept
+    return data
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
@@ -133,7 +148,7 @@ def tokenize(raw, task, tokenizer, data_cfg, fingerprint: str, accelerator):
         if data_cfg.cache and (path / "dataset_dict.json").is_file():
             log.info("tokenized data: cache hit, skipped tokenization (%s)", path)
             return load_from_disk(str(path))
-        processed = task.preprocess(raw, tokenizer)
+        processed = _drop_unlabelled(task.preprocess(raw, tokenizer))
         if data_cfg.cache and accelerator.is_main_process:
             tmp = path.with_name(f".{key}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
