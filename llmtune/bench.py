@@ -91,7 +91,7 @@ def _lognormal_lengths(rng: random.Random, n: int, median: float, sigma: float, 
     return [max(1, min(cap, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
 
 
-def skewed_classification_rows(n: int = 2000, seed: int = 0, median_words: float = 18, sigma: float = 0.9, max_words: int = 600) -> list[dict]:
+def skewed_classification_rows(n: int = 2000, seed: int = 0, median_words: float = 21, sigma: float = 1.0, max_words: int = 600) -> list[dict]:
     """Classification examples with a realistic, right-skewed length distribution: each joins
     texts of one label from llmtune's built-in data until a log-normal number of words is
     reached (median ~25 tokens, a long tail truncated at task.max_length)."""
@@ -113,7 +113,7 @@ def skewed_classification_rows(n: int = 2000, seed: int = 0, median_words: float
     return rows
 
 
-def skewed_ner_rows(n: int = 2000, seed: int = 0, median_words: float = 18, sigma: float = 0.9, max_words: int = 600) -> list[dict]:
+def skewed_ner_rows(n: int = 2000, seed: int = 0, median_words: float = 21, sigma: float = 1.0, max_words: int = 600) -> list[dict]:
     """NER examples built like skewed_classification_rows: built-in tagged sentences joined
     (tokens and tags together) up to a log-normal number of words."""
     from llmtune.data.builtin import builtin_splits
@@ -592,7 +592,7 @@ def run_hf(p: Prepared, grouped: bool) -> RunRecord:
         trainer.train()
         wall = time.perf_counter() - started
     optim = type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__
-    extra = {"optimizer": f"{args.optim} ({optim})"}
+    extra = {"optimizer": f"{getattr(args.optim, 'value', args.optim)} ({optim})"}
     trainer.accelerator.free_memory()
     del trainer, model
     _free_cuda(cuda)
@@ -810,8 +810,11 @@ def write_results(results: dict, out: Path) -> None:
 
 def quiet_libraries() -> None:
     """Benchmark output is the tables: library and engine chatter goes to warnings only."""
+    import warnings
+
     from llmtune.ui.console import setup_logging
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes from libraries
     setup_logging(is_main=True)
     logging.getLogger("llmtune").setLevel(logging.WARNING)
     for name in ("transformers", "datasets", "accelerate", "peft"):
@@ -825,6 +828,8 @@ def run_all(cases: list[Case], out: Path | None, *, device: str, peak_flops: flo
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a log file: do not squeeze the table into 80 columns
     say = lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False)  # noqa: E731
     results = {"meta": {"argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device, peak_flops)}, "cases": {}}
     started = time.perf_counter()
@@ -879,14 +884,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "PyTorch loop; print a table per case and write the numbers as JSON. Reports, never asserts.",
     )
     parser.add_argument("--cases", default=",".join(CPU_CASES), help=f"comma-separated cases (default: {','.join(CPU_CASES)})")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (default: 30)")
-    parser.add_argument("--warmup", type=int, default=5, help="first step intervals left out of medians and tokens/s (default: 5)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run (default: 10; more gives steadier numbers)")
+    parser.add_argument("--warmup", type=int, default=3, help="first step intervals left out of medians and tokens/s (default: 3)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per optimizer step (default: 16)")
     parser.add_argument("--size", choices=sorted(MODELS), default="small", help="model size built from config (default: small)")
     parser.add_argument("--examples", type=int, default=2000, help="examples generated for cls and ner (default: 2000)")
     parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated runners (default: {','.join(RUNNERS)})")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: cpu)")
     parser.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no", help="mixed precision (default: no)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
     parser.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS, help="peak FLOP/s for MFU on CUDA (default: 989e12, H100/H200 bf16 dense)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results file (default: {DEFAULT_OUT})")
     return parser.parse_args(argv)
@@ -909,6 +915,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         if not torch.cuda.is_available():
             raise UserError("bench: --device cuda but no CUDA GPU is visible; leave --device at cpu.")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     quiet_libraries()
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     cases = cpu_cases(names, size=args.size, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, examples=args.examples, precision=args.precision)

@@ -21,6 +21,15 @@ PRECISIONS = ("no", "bf16", "fp16")
 PRETRAIN_TASKS = ("mlm", "clm")
 MAX_PREFLIGHT_COMBINATIONS = 64
 _MISSING = object()
+# Keys whose shipped default is null carry no type to compare with; these are their types
+# (a sample value of the type), so `trainer.max_steps=abc` is still caught up front.
+NULLABLE = {
+    "trainer.max_steps": 0, "trainer.max_epochs": 0, "trainer.eval_every": 0, "trainer.save_every": 0,
+    "trainer.early_stopping_patience": 0, "trainer.max_grad_norm": 0.0, "trainer.resume": "",
+    "optimizer.lr": 0.0, "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.validation_split": 0.0,
+    "data.name": "", "data.config_name": "", "data.train_file": "", "data.validation_file": "", "data.test_file": "",
+    "model.name_or_path": "", "model.tokenizer": "", "model.attn_implementation": "", "scheduler.warmup_steps": 0,
+}
 _STAMP: str | None = None
 
 
@@ -188,6 +197,8 @@ def _check_key(base: DictConfig, ov) -> Any:
 
 
 def _check_type(key: str, default: Any, value: Any) -> None:
+    if default is None:
+        default = NULLABLE.get(key)
     if default is None or default is _MISSING or value is None:
         return
     if isinstance(default, str) and "${" in default:
@@ -212,7 +223,7 @@ def _check_type(key: str, default: Any, value: Any) -> None:
     else:
         ok = isinstance(value, expected)
     if not ok:
-        raise UserError(f"{key}={value!r}: expected {name} (the default is {default!r}). Fix the value on the command line.")
+        raise UserError(f"{key}={value!r}: expected {name}. Fix the value on the command line.")
 
 
 def _check_combination(config_dir: str, config_name: str, overrides: list[str]) -> DictConfig:

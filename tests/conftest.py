@@ -30,7 +30,7 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
 # A saved tokenizer: runs that must match each other exactly (resume, cache hits, several
-# processes) use it, because a tokenizer trained per run is not reproducible (see test_resume).
+# processes) use it, so that they test the loop and not tokenizer training (tested on its own).
 FIXED_TOKENIZER = ASSETS / "tiny_wordpiece"
 
 
@@ -146,7 +146,7 @@ def corpus_lines() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def wordpiece():
+def bert_tok():
     """A fast BERT-style tokenizer trained on the test corpus (specials: [PAD] [UNK] [CLS] [SEP] [MASK])."""
     from llmtune.models import train_tokenizer
 
@@ -154,7 +154,7 @@ def wordpiece():
 
 
 @pytest.fixture(scope="session")
-def bpe():
+def gpt_tok():
     """A fast byte-level BPE tokenizer trained on the test corpus (EOS <|endoftext|>, pad <pad>)."""
     from llmtune.models import train_tokenizer
 

@@ -169,11 +169,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _rotate(directory: Path, keep: int, protect: int | None) -> None:
-    """Delete the oldest checkpoints beyond `keep`, never the newest nor the best (`protect`)."""
-    checkpoints = list_checkpoints(directory)
-    removable = [p for p in checkpoints[:-1] if p.name != f"step-{protect}"]
-    excess = len(checkpoints) - max(keep, 1)
-    for path in removable[: max(excess, 0)]:
+    """Keep the newest `keep` checkpoints plus the best one (`protect`); delete the rest."""
+    others = [p for p in list_checkpoints(directory) if p.name != f"step-{protect}"]
+    for path in others[: max(len(others) - max(keep, 1), 0)]:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -203,6 +201,10 @@ def load(path: Path, model, optimizer, scheduler, accelerator) -> TrainState:
     rng_file = path / f"rng-rank{accelerator.process_index}.pt"
     if rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    saved_state = json.loads((path / "state.json").read_text())
-    saved_state.pop("files", None)
-    return TrainState(**saved_state)
+    return read_state(path)
+
+
+def read_state(path: Path) -> TrainState:
+    saved = json.loads((path / "state.json").read_text())
+    saved.pop("files", None)
+    return TrainState(**saved)

@@ -135,8 +135,9 @@ class _Fit:
     def run(self) -> FitResult:
         trainer, state, t = self.trainer, self.state, self.t
         if trainer.resume_from is not None:
+            # Settings first: a changed task or batch size is named, not reported as a weight mismatch.
+            _check_fingerprint(checkpoint.read_state(trainer.resume_from).fingerprint, trainer.fingerprint, trainer.resume_from, t.resume_allow_changes)
             self.state = state = checkpoint.load(trainer.resume_from, self.model, self.optimizer, self.scheduler, self.acc)
-            _check_fingerprint(state.fingerprint, trainer.fingerprint, trainer.resume_from, t.resume_allow_changes)
             state.fingerprint = trainer.fingerprint
             log.info("resumed from %s at step %d (epoch %d)", trainer.resume_from, state.step, state.epoch)
         started = time.perf_counter()
@@ -182,20 +183,25 @@ class _Fit:
         loader = DataLoader(
             source, batch_size=None, sampler=range(state.micro_in_epoch, len(micro)),
             num_workers=t.num_workers, pin_memory=self.acc.device.type == "cuda",
+            # Its own generator: otherwise starting the iterator draws from the global RNG,
+            # and a run resumed mid-epoch would draw there while the uninterrupted one did not.
+            generator=torch.Generator().manual_seed(trainer.seed),
         )
         batches = iter(loader)
         for _ in range(remaining_steps):
             step_batches = [next(batches) for _ in range(t.grad_accum)]
             state.micro_in_epoch += t.grad_accum
-            self._optimizer_step(step_batches)
-            if self._after_step(stop):
+            if self._optimizer_step(step_batches) and self._after_step(stop):
                 return True
         return False
 
-    def _optimizer_step(self, batches: list[dict]) -> None:
+    def _optimizer_step(self, batches: list[dict]) -> bool:
+        """One optimizer step over `batches`; False when the batch was skipped (nothing
+        labelled, or a non-finite value allowed by trainer.skip_nonfinite)."""
         state, t = self.state, self.t
         try:
-            stepped = self._forward_backward(batches)
+            counts = self._forward_backward(batches)
+            stepped = counts is not None
             if stepped:
                 max_norm = t.max_grad_norm or float("inf")  # inf: measure the norm, clip nothing
                 self.grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -206,11 +212,18 @@ class _Fit:
             self.optimizer.step()
             self.scheduler.step()
             state.step += 1
+            targets, tokens = counts
+            self.window["loss"] += self.step_loss
+            self.window["targets"] += targets
+            self.window["tokens"] += tokens
+            state.tokens_seen += tokens
         self.optimizer.zero_grad(set_to_none=True)
+        return stepped
 
-    def _forward_backward(self, batches: list[dict]) -> bool:
-        """Forward/backward over one step's micro-batches. Counts are taken on the CPU before
-        the transfer, so normalising needs no device read. False when nothing is labelled."""
+    def _forward_backward(self, batches: list[dict]) -> tuple[int, int] | None:
+        """Forward/backward over one step's micro-batches; returns (labelled positions,
+        non-pad tokens), or None when nothing is labelled. The counts are taken on the CPU
+        before the transfer, so normalising the loss needs no device read."""
         acc, world = self.acc, self.acc.num_processes
         local = sum(count_targets(b["labels"]) for b in batches)
         tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
@@ -219,7 +232,7 @@ class _Fit:
             scale = world / total.clamp(min=1.0)  # DDP averages gradients over processes
         elif local == 0:
             log.warning("step %d: no labelled position in this batch (all labels ignored); skipped, not counted as a zero loss", self.state.step + 1)
-            return False
+            return None
         else:
             scale = 1.0 / local
         loss_total = torch.zeros((), device=acc.device)
@@ -232,11 +245,7 @@ class _Fit:
                 acc.backward(loss_sum * scale)
             loss_total += loss_sum.detach()
         self.step_loss = loss_total
-        self.window["loss"] += loss_total
-        self.window["targets"] += local
-        self.window["tokens"] += tokens
-        self.state.tokens_seen += tokens
-        return True
+        return local, tokens
 
     def _check_finite(self) -> bool:
         """Stop (or, with trainer.skip_nonfinite, skip) before the optimizer step when the loss

@@ -72,9 +72,17 @@ def pad_labels(labels: list[list[int]], length: int) -> torch.Tensor:
 
 
 def pad_inputs(tokenizer, features: list[dict], keys: tuple[str, ...]) -> dict:
-    """Dynamic padding to the longest example in the batch (right side)."""
-    inputs = [{k: f[k] for k in keys if k in f} for f in features]
-    return dict(tokenizer.pad(inputs, return_tensors="pt"))
+    """Dynamic padding to the longest example in the batch, on the right, with an attention
+    mask. Written out rather than `tokenizer.pad`, which costs more than a small model's step."""
+    length = max(len(f["input_ids"]) for f in features)
+    fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+    batch = {}
+    for key in keys:
+        if key not in features[0] or key == "attention_mask":
+            continue
+        batch[key] = torch.tensor([f[key] + [fill.get(key, 0)] * (length - len(f[key])) for f in features], dtype=torch.long)
+    batch["attention_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long)
+    return batch
 
 
 def pack_into_blocks(token_lists: list[list[int]], block: int) -> list[list[int]]:

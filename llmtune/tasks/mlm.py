@@ -62,15 +62,21 @@ class MLMTask:
         probability = self.mlm_probability
 
         def collate(features: list[dict]) -> dict:
-            batch = common.pad_inputs(tokenizer, features, ("input_ids",))
-            ids = batch["input_ids"]
-            maskable = ~torch.isin(ids, specials)
-            if train:  # fresh masks every time a block is seen (global RNG: seeded, resumable)
-                inputs, labels = mask_tokens(ids, maskable, tokenizer, probability)
-            else:  # the same masks at every evaluation, whatever the batching
-                rows = [mask_tokens(r[None], m[None], tokenizer, probability, _row_generator(r)) for r, m in zip(ids, maskable)]
-                inputs, labels = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
-            batch["input_ids"], batch["labels"] = inputs, labels
+            if train:  # fresh masks every time a block is seen (the loop seeds the RNG per batch)
+                batch = common.pad_inputs(tokenizer, features, ("input_ids",))
+                ids = batch["input_ids"]
+                batch["input_ids"], batch["labels"] = mask_tokens(ids, ~torch.isin(ids, specials), tokenizer, probability)
+                return batch
+            # Evaluation: each block gets the same masks every time, whatever it is batched
+            # or padded with — the generator is seeded from the block's own tokens.
+            masked, labels = [], []
+            for feature in features:
+                ids = torch.tensor(feature["input_ids"])
+                inputs, targets = mask_tokens(ids, ~torch.isin(ids, specials), tokenizer, probability, _row_generator(ids))
+                masked.append({"input_ids": inputs.tolist()})
+                labels.append(targets.tolist())
+            batch = common.pad_inputs(tokenizer, masked, ("input_ids",))
+            batch["labels"] = common.pad_labels(labels, batch["input_ids"].shape[1])
             return batch
 
         return collate

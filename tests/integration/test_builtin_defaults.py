@@ -70,13 +70,8 @@ def test_cache_can_be_turned_off(cli, tmp_path):
     assert not (cache / "tokenized").exists() or not list((cache / "tokenized").iterdir())
 
 
-@pytest.mark.xfail(
-    reason="BUG: llmtune/models.py train_tokenizer is not deterministic (huggingface/tokenizers#1794), "
-    "and the tokenized-data cache key includes the tokenizer, so a scratch model (tiny_bert, small_mlm) "
-    "usually misses the cache on an identical second run",
-    strict=False,
-)
 def test_cache_hit_with_a_trained_tokenizer(cli, tmp_path):
+    """The spelled-out case: the same command twice, tokenizer trained by each run."""
     cache = tmp_path / "cache"
     assert cli(*_ner_builtin(tmp_path / "a", f"data.cache_dir={cache}")).code == 0
     second = cli(*_ner_builtin(tmp_path / "b", f"data.cache_dir={cache}"))

@@ -1,9 +1,8 @@
 """Resuming from a checkpoint gives exactly the run that was never interrupted.
 
-The runs use a saved tokenizer (tests/assets/tiny_wordpiece) and no dropout: a tiny_bert run
-otherwise trains its WordPiece tokenizer afresh, which the tokenizers library does not do
-reproducibly, and dropout after a resume does not follow the uninterrupted run. The xfail tests
-at the end show both.
+Most runs use a saved tokenizer (tests/assets/tiny_wordpiece), so that they test the loop and
+not tokenizer training (which test_resume_of_a_model_with_a_trained_tokenizer covers), and no
+dropout (test_resume_with_dropout_matches covers dropout).
 """
 
 from __future__ import annotations
@@ -149,14 +148,8 @@ def test_resume_from_a_damaged_checkpoint_is_refused(straight_full, tmp_path):
     assert "incomplete or corrupt" in result.err
 
 
-@pytest.mark.xfail(
-    reason="BUG: llmtune/models.py train_tokenizer is not deterministic (tokenizers' WordPiece trainer "
-    "assigns ids in hash-map order, huggingface/tokenizers#1794), and a resumed run retrains the "
-    "tokenizer instead of reusing the checkpoint's, so a scratch-model resume crashes on a vocab-size "
-    "mismatch or trains on different token ids",
-    strict=False,
-)
 def test_resume_of_a_model_with_a_trained_tokenizer(tmp_path):
+    """A scratch model's tokenizer is trained again by the resumed run; it must come out the same."""
     first = tmp_path / "first"
     assert run_cli(*_args(first, "none", tokenizer=None)).code == 0
     second = tmp_path / "second"
@@ -166,12 +159,6 @@ def test_resume_of_a_model_with_a_trained_tokenizer(tmp_path):
     _assert_same_weights(_final_weights(first), _final_weights(second))
 
 
-@pytest.mark.xfail(
-    reason="BUG: llmtune/engine/loop.py fit() builds a new DataLoader iterator after checkpoint.load "
-    "restored the RNG state; creating the iterator draws a base seed from the global torch RNG, so "
-    "after a resume the dropout masks are shifted by one draw and the losses differ",
-    strict=False,
-)
 def test_resume_with_dropout_matches(tmp_path):
     first = tmp_path / "first"
     assert run_cli(*_args(first, "none", dropout=True)).code == 0

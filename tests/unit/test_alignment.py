@@ -59,12 +59,12 @@ def ner_raw():
 
 
 @pytest.mark.parametrize("label_all_tokens", [False, True])
-def test_preprocess_aligns_through_a_fast_tokenizer(wordpiece, ner_raw, label_all_tokens):
+def test_preprocess_aligns_through_a_fast_tokenizer(bert_tok, ner_raw, label_all_tokens):
     task = NERTask(label_all_tokens=label_all_tokens, max_length=128)
     maps = task.model_kwargs(ner_raw)
     assert maps["num_labels"] == len(task.labels) == 5
     label2id = maps["label2id"]
-    data = task.preprocess(ner_raw, wordpiece)
+    data = task.preprocess(ner_raw, bert_tok)
 
     for split in ("train", "validation"):
         for i, row in enumerate(data[split]):
@@ -78,7 +78,7 @@ def test_preprocess_aligns_through_a_fast_tokenizer(wordpiece, ner_raw, label_al
             # Special tokens ([CLS] first, [SEP] last) are never labelled.
             assert labels[0] == X and labels[-1] == X
             # Some word must have been split for the test to say anything about subwords.
-            pieces = wordpiece(words, is_split_into_words=True).word_ids()
+            pieces = bert_tok(words, is_split_into_words=True).word_ids()
             assert len(pieces) - 2 > len(words)
             labelled = sum(label != X for label in labels)
             if label_all_tokens:
@@ -88,12 +88,12 @@ def test_preprocess_aligns_through_a_fast_tokenizer(wordpiece, ner_raw, label_al
                 assert labels == word_labels
 
 
-def test_preprocess_label_all_tokens_marks_continuations_inside(wordpiece, ner_raw):
+def test_preprocess_label_all_tokens_marks_continuations_inside(bert_tok, ner_raw):
     task = NERTask(label_all_tokens=True)
     task.model_kwargs(ner_raw)
-    data = task.preprocess(ner_raw, wordpiece)
+    data = task.preprocess(ner_raw, bert_tok)
     row = data["train"][1]
-    word_ids = wordpiece(ner_raw["train"][1]["tokens"], is_split_into_words=True).word_ids()
+    word_ids = bert_tok(ner_raw["train"][1]["tokens"], is_split_into_words=True).word_ids()
     b_loc, i_loc = task.labels.index("B-LOC"), task.labels.index("I-LOC")
     positions = [k for k, w in enumerate(word_ids) if w == 2]  # "Stormhavnsted"
     assert len(positions) > 1
@@ -101,10 +101,10 @@ def test_preprocess_label_all_tokens_marks_continuations_inside(wordpiece, ner_r
     assert all(row["labels"][k] == i_loc for k in positions[1:])
 
 
-def test_preprocess_truncation_keeps_lengths_equal(wordpiece, ner_raw):
+def test_preprocess_truncation_keeps_lengths_equal(bert_tok, ner_raw):
     task = NERTask(max_length=6)
     task.model_kwargs(ner_raw)
-    data = task.preprocess(ner_raw, wordpiece)
+    data = task.preprocess(ner_raw, bert_tok)
     for row in data["train"]:
         assert len(row["input_ids"]) <= 6
         assert len(row["labels"]) == len(row["input_ids"]) == len(row["word_labels"])

@@ -19,12 +19,12 @@ def _encode(tokenizer, texts):
 
 
 # ------------------------------------------------------------------ classification
-def test_classification_collator_pads_and_labels_are_one_per_example(wordpiece):
+def test_classification_collator_pads_and_labels_are_one_per_example(bert_tok):
     texts = ["The market opens.", "A baker sets out loaves that are still warm from the oven.", "Hi"]
-    features = _encode(wordpiece, texts)
+    features = _encode(bert_tok, texts)
     for f, label in zip(features, [1, 0, 2]):
         f["labels"] = label
-    batch = ClassificationTask().collator(wordpiece, train=True)(features)
+    batch = ClassificationTask().collator(bert_tok, train=True)(features)
     longest = max(len(f["input_ids"]) for f in features)
     assert batch["input_ids"].shape == (3, longest)
     assert batch["attention_mask"].shape == (3, longest)
@@ -34,22 +34,22 @@ def test_classification_collator_pads_and_labels_are_one_per_example(wordpiece):
     for row, f in enumerate(features):
         n = len(f["input_ids"])
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (longest - n)
-        assert (batch["input_ids"][row, n:] == wordpiece.pad_token_id).all()
+        assert (batch["input_ids"][row, n:] == bert_tok.pad_token_id).all()
         assert batch["input_ids"][row, :n].tolist() == f["input_ids"]
 
 
-def test_classification_collator_is_the_same_for_eval(wordpiece):
-    features = _encode(wordpiece, ["one two", "three"])
+def test_classification_collator_is_the_same_for_eval(bert_tok):
+    features = _encode(bert_tok, ["one two", "three"])
     for f in features:
         f["labels"] = 1
     task = ClassificationTask()
-    a, b = task.collator(wordpiece, train=True)(features), task.collator(wordpiece, train=False)(features)
+    a, b = task.collator(bert_tok, train=True)(features), task.collator(bert_tok, train=False)(features)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------ NER
-def _ner_features(wordpiece, label_all_tokens: bool):
+def _ner_features(bert_tok, label_all_tokens: bool):
     from datasets import Dataset, DatasetDict
 
     rows = [
@@ -59,13 +59,13 @@ def _ner_features(wordpiece, label_all_tokens: bool):
     raw = DatasetDict({"train": Dataset.from_list(rows)})
     task = NERTask(label_all_tokens=label_all_tokens)
     task.model_kwargs(raw)
-    data = task.preprocess(raw, wordpiece)["train"]
+    data = task.preprocess(raw, bert_tok)["train"]
     return task, [dict(r) for r in data]
 
 
-def test_ner_collator_pads_labels_with_ignore_index(wordpiece):
-    task, features = _ner_features(wordpiece, label_all_tokens=False)
-    batch = task.collator(wordpiece, train=True)(features)
+def test_ner_collator_pads_labels_with_ignore_index(bert_tok):
+    task, features = _ner_features(bert_tok, label_all_tokens=False)
+    batch = task.collator(bert_tok, train=True)(features)
     length = batch["input_ids"].shape[1]
     assert batch["labels"].shape == batch["input_ids"].shape
     short = len(features[1]["input_ids"])
@@ -76,10 +76,10 @@ def test_ner_collator_pads_labels_with_ignore_index(wordpiece):
     assert "word_labels" not in batch
 
 
-def test_ner_collator_train_uses_all_subwords_eval_uses_first_subword(wordpiece):
-    task, features = _ner_features(wordpiece, label_all_tokens=True)
-    train = task.collator(wordpiece, train=True)(features)
-    evaluation = task.collator(wordpiece, train=False)(features)
+def test_ner_collator_train_uses_all_subwords_eval_uses_first_subword(bert_tok):
+    task, features = _ner_features(bert_tok, label_all_tokens=True)
+    train = task.collator(bert_tok, train=True)(features)
+    evaluation = task.collator(bert_tok, train=False)(features)
     assert torch.equal(train["input_ids"], evaluation["input_ids"])
     n_train = int((train["labels"] != X).sum())
     n_eval = int((evaluation["labels"] != X).sum())
@@ -90,31 +90,31 @@ def test_ner_collator_train_uses_all_subwords_eval_uses_first_subword(wordpiece)
     assert torch.equal(train["labels"][where], evaluation["labels"][where])
 
 
-def test_ner_collator_without_label_all_tokens_train_equals_eval(wordpiece):
-    task, features = _ner_features(wordpiece, label_all_tokens=False)
-    train = task.collator(wordpiece, train=True)(features)
-    evaluation = task.collator(wordpiece, train=False)(features)
+def test_ner_collator_without_label_all_tokens_train_equals_eval(bert_tok):
+    task, features = _ner_features(bert_tok, label_all_tokens=False)
+    train = task.collator(bert_tok, train=True)(features)
+    evaluation = task.collator(bert_tok, train=False)(features)
     assert torch.equal(train["labels"], evaluation["labels"])
 
 
 # ------------------------------------------------------------------ MLM
-def _mlm_features(wordpiece, rows: int, length: int, seed: int = 0):
+def _mlm_features(bert_tok, rows: int, length: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    specials = set(wordpiece.all_special_ids)
-    ordinary = torch.tensor([i for i in range(len(wordpiece)) if i not in specials])
+    specials = set(bert_tok.all_special_ids)
+    ordinary = torch.tensor([i for i in range(len(bert_tok)) if i not in specials])
     features = []
     for r in range(rows):
         n = length - (r % 7)  # different lengths -> padding in the batch
         body = ordinary[torch.randint(len(ordinary), (n - 2,), generator=generator)].tolist()
-        features.append({"input_ids": [wordpiece.cls_token_id, *body, wordpiece.sep_token_id]})
+        features.append({"input_ids": [bert_tok.cls_token_id, *body, bert_tok.sep_token_id]})
     return features
 
 
-def test_mlm_labels_only_on_masked_positions(wordpiece):
-    features = _mlm_features(wordpiece, rows=64, length=100)
+def test_mlm_labels_only_on_masked_positions(bert_tok):
+    features = _mlm_features(bert_tok, rows=64, length=100)
     torch.manual_seed(0)
-    batch = MLMTask(mlm_probability=0.15).collator(wordpiece, train=True)(features)
-    original = torch.full_like(batch["input_ids"], wordpiece.pad_token_id)
+    batch = MLMTask(mlm_probability=0.15).collator(bert_tok, train=True)(features)
+    original = torch.full_like(batch["input_ids"], bert_tok.pad_token_id)
     for row, f in enumerate(features):
         original[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
     labels, inputs, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
@@ -123,7 +123,7 @@ def test_mlm_labels_only_on_masked_positions(wordpiece):
     # Labels are the original tokens where picked, -100 everywhere else.
     assert torch.equal(labels[picked], original[picked])
     # Never on special tokens or padding.
-    special = torch.isin(original, torch.tensor(wordpiece.all_special_ids))
+    special = torch.isin(original, torch.tensor(bert_tok.all_special_ids))
     assert not (picked & special).any()
     assert not (picked & (mask == 0)).any()
     # Unpicked positions are left alone.
@@ -134,15 +134,15 @@ def test_mlm_labels_only_on_masked_positions(wordpiece):
     assert maskable > 5000
     rate = int(picked.sum()) / maskable
     assert 0.13 < rate < 0.17, rate
-    masked = int((inputs[picked] == wordpiece.mask_token_id).sum()) / int(picked.sum())
+    masked = int((inputs[picked] == bert_tok.mask_token_id).sum()) / int(picked.sum())
     assert 0.74 < masked < 0.86, masked
     kept = int((inputs[picked] == original[picked]).sum()) / int(picked.sum())
     assert 0.05 < kept < 0.16, kept
 
 
-def test_mlm_train_masking_is_dynamic(wordpiece):
-    features = _mlm_features(wordpiece, rows=8, length=60)
-    collate = MLMTask().collator(wordpiece, train=True)
+def test_mlm_train_masking_is_dynamic(bert_tok):
+    features = _mlm_features(bert_tok, rows=8, length=60)
+    collate = MLMTask().collator(bert_tok, train=True)
     torch.manual_seed(1)
     first = collate(features)
     second = collate(features)
@@ -152,9 +152,9 @@ def test_mlm_train_masking_is_dynamic(wordpiece):
     assert torch.equal(first["labels"], again["labels"])  # seeded by the global RNG: reproducible
 
 
-def test_mlm_eval_masking_is_deterministic(wordpiece):
-    features = _mlm_features(wordpiece, rows=8, length=60)
-    collate = MLMTask().collator(wordpiece, train=False)
+def test_mlm_eval_masking_is_deterministic(bert_tok):
+    features = _mlm_features(bert_tok, rows=8, length=60)
+    collate = MLMTask().collator(bert_tok, train=False)
     torch.manual_seed(1)
     first = collate(features)
     torch.manual_seed(2)
@@ -164,18 +164,13 @@ def test_mlm_eval_masking_is_deterministic(wordpiece):
     assert (first["labels"] != X).any()
 
 
-@pytest.mark.xfail(
-    reason="BUG: llmtune/tasks/mlm.py seeds the eval mask generator from the PADDED row and draws "
-    "padded-length random numbers, so a block's masks change with the batch it is padded in",
-    strict=False,
-)
-def test_mlm_eval_masks_do_not_depend_on_the_batch_a_row_is_in(wordpiece):
+def test_mlm_eval_masks_do_not_depend_on_the_batch_a_row_is_in(bert_tok):
     """The same block must be masked the same way at every evaluation "whatever the batching"
     (llmtune/tasks/mlm.py), e.g. with another eval_batch_size or number of processes."""
-    features = _mlm_features(wordpiece, rows=8, length=60)
+    features = _mlm_features(bert_tok, rows=8, length=60)
     short = min(features, key=lambda f: len(f["input_ids"]))
     n = len(short["input_ids"])
-    collate = MLMTask().collator(wordpiece, train=False)
+    collate = MLMTask().collator(bert_tok, train=False)
     alone = collate([short])
     longest = max(features, key=lambda f: len(f["input_ids"]))
     together = collate([short, longest])
@@ -203,10 +198,10 @@ def test_shift_labels_keeps_a_real_eos_that_is_also_the_pad_token():
     assert labels.tolist() == [[6, eos, 7, X], [eos, X, X, X]]
 
 
-def test_clm_collator_with_pad_equal_to_eos(bpe):
+def test_clm_collator_with_pad_equal_to_eos(gpt_tok):
     import copy
 
-    tokenizer = copy.deepcopy(bpe)
+    tokenizer = copy.deepcopy(gpt_tok)
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style
     eos = tokenizer.eos_token_id
     assert tokenizer.pad_token_id == eos
@@ -217,15 +212,15 @@ def test_clm_collator_with_pad_equal_to_eos(bpe):
     assert batch["labels"].tolist() == [[11, 12, eos, 13, X], [eos, X, X, X, X]]
 
 
-def test_clm_preprocess_packs_blocks_separated_by_eos(bpe):
+def test_clm_preprocess_packs_blocks_separated_by_eos(gpt_tok):
     from datasets import Dataset, DatasetDict
 
     texts = ["The morning market opens.", "Farmers arrive with baskets.", "A baker sets out loaves."]
     raw = DatasetDict({"train": Dataset.from_list([{"text": t} for t in texts])})
-    data = CLMTask(max_length=8).preprocess(raw, bpe)["train"]
+    data = CLMTask(max_length=8).preprocess(raw, gpt_tok)["train"]
     blocks = data["input_ids"]
     assert all(len(b) == 8 for b in blocks[:-1]) and 0 < len(blocks[-1]) <= 8
     flat = [t for b in blocks for t in b]
-    assert flat.count(bpe.eos_token_id) == len(texts)
-    expected = [t for text in texts for t in [*bpe(text, add_special_tokens=False)["input_ids"], bpe.eos_token_id]]
+    assert flat.count(gpt_tok.eos_token_id) == len(texts)
+    expected = [t for text in texts for t in [*gpt_tok(text, add_special_tokens=False)["input_ids"], gpt_tok.eos_token_id]]
     assert flat == expected

@@ -43,10 +43,30 @@ def test_wrong_group_option_lists_the_options(cli, out):
     assert not out.exists()
 
 
-def test_wrong_type(cli, out):
-    line = _one_line_error(cli("finetune", "trainer.max_steps=abc", f"output_dir={out}"))
+@pytest.mark.parametrize("override", ["trainer.batch_size=abc", "trainer.max_epochs=1.5", "trainer.group_by_length=maybe"])
+def test_wrong_type(cli, out, override):
+    line = _one_line_error(cli("finetune", override, f"output_dir={out}"))
+    key = override.split("=")[0]
+    assert key in line
+    assert "expected" in line
+    if key != "trainer.group_by_length":
+        assert "expected an integer" in line
+    assert not out.exists()
+
+
+
+
+@pytest.mark.parametrize("override", ["trainer.max_steps=abc", "trainer.save_every=often"])
+def test_wrong_type_of_a_key_whose_default_is_null(cli, out, override):
+    line = _one_line_error(cli("finetune", override, f"output_dir={out}"))
     assert "expected an integer" in line
-    assert "trainer.max_steps" in line
+    assert override.split("=")[0] in line
+    assert not out.exists()
+
+
+def test_wrong_type_of_the_learning_rate(cli, out):
+    line = _one_line_error(cli("finetune", "optimizer.lr=fast", f"output_dir={out}"))
+    assert "optimizer.lr" in line
     assert not out.exists()
 
 
@@ -81,7 +101,7 @@ def test_out_of_range_values(cli, out, override, expected):
 
 def test_bad_value_in_one_sweep_combination(cli, tmp_path):
     out = tmp_path / "sweep"
-    line = _one_line_error(cli("finetune", "-m", "trainer.max_steps=2,abc", f"output_dir={out}"))
+    line = _one_line_error(cli("finetune", "-m", "trainer.batch_size=2,abc", f"output_dir={out}"))
     assert "expected an integer" in line
     assert not out.exists()
 
@@ -158,3 +178,17 @@ def test_cfg_job_prints_the_composed_config(cli, out):
     assert cfg["task"]["name"] == "ner"
     assert cfg["peft"]["_target_"].endswith("LoRA")
     assert not out.exists()
+
+
+def test_tiny_run_arguments_pass_preflight(tiny_ner_args, tiny_cls_args, tiny_mlm_args, tiny_clm_args):
+    """The conftest argument lists are valid command lines (checked without training)."""
+    from llmtune import config
+    from llmtune.paths import conf_dir
+
+    config.register_resolvers()
+    for args in (tiny_ner_args, tiny_cls_args, tiny_mlm_args, tiny_clm_args):
+        command, overrides = args[0], args[1:]
+        assert command in ("finetune", "pretrain")
+        config.preflight(str(conf_dir()), command, overrides)
+    with pytest.raises(UserError):
+        config.preflight(str(conf_dir()), "finetune", [*tiny_ner_args[1:], "trainer.lr_typo=1"])

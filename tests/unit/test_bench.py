@@ -1,0 +1,28 @@
+"""`llmtune bench` machinery on a tiny model: every runner trains and reports. No timing asserts:
+the benchmark reports speed, tests only check that it measured something."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_bench_runs_every_runner_and_writes_json(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    result = cli("bench", "--cases", "cls", "--size", "tiny", "--steps", "3", "--warmup", "1", "--examples", "200", "--batch-size", "8", "--out", out)
+    assert result.code == 0, result.text
+
+    data = json.loads(out.read_text())
+    case = data["cases"]["cls"]
+    runs = case["runs"]
+    assert {"llmtune", "hf", "hf_group_by_length", "raw"} <= set(runs)
+    for name, run in runs.items():
+        assert "error" not in run, (name, run)
+        assert run["steps"] == 3
+        assert run["tokens_per_s"] > 0
+        assert 0 <= run["padding_fraction"] < 1
+        assert run["tokens_trained"] > 0
+    # llmtune's own count of non-pad tokens matches the bench's count of what it trained.
+    assert runs["llmtune"]["engine_tokens_seen"] == runs["llmtune"]["tokens_trained"]
+    assert set(case["ratios"]["tokens_per_s"]) == {"llmtune/hf", "llmtune/hf_group_by_length", "llmtune/raw"}
+    assert case["data"]["examples"] == 200
+    assert "llmtune" in result.out  # the table was printed
