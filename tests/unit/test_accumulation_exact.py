@@ -23,7 +23,7 @@ from conftest import ASSETS, FIXED_TOKENIZER, ner_args, read_log, run_cli
 VARLEN = ASSETS / "ner_varlen.jsonl"
 NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
 SPLITS = [(32, 1), (8, 4), (4, 8)]
-STEPS = 3
+STEPS = 2
 TOL = 1e-5
 
 

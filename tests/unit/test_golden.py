@@ -77,6 +77,7 @@ def test_losses_match_the_golden_file(first):
         assert abs(losses[step] - value) < TOL, (step, losses[step], value)
 
 
+@pytest.mark.slow
 def test_two_identical_runs_are_bitwise_equal(first, tmp_path):
     second = _run(tmp_path / "run")
     assert second["losses"] == first["losses"]  # exact float equality
