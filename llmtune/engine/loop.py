@@ -16,7 +16,6 @@ model, optimizer and scheduler; `prepare`; the loop; evaluation with gather_for_
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field

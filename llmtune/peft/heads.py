@@ -20,8 +20,8 @@ def task_head_names(model) -> list[str]:
     for name, module in model.named_children():
         if name == backbone or not any(True for _ in module.parameters()):
             continue
-        if _tied_to_input_embeddings(module, model):
-            continue
+        if _tied_to_input_embeddings(module, model) or module is model.get_output_embeddings():
+            continue  # an LM head is the vocabulary projection, not a task head
         heads.append(name)
     return heads
 

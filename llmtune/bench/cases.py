@@ -1,0 +1,155 @@
+"""Benchmark cases: skewed-length data built from llmtune's built-in samples, and settings."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmtune.tasks.clm import CLMTask
+
+RUNNERS = ("llmtune", "hf", "hf_group_by_length", "raw")
+CPU_CASES = ("cls", "ner", "mlm", "clm")
+DEFAULT_PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
+DEFAULT_OUT = "benchmarks/results/cpu.json"
+
+
+# --------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One benchmark case: a composed llmtune config plus the training rows behind it."""
+
+    name: str
+    command: str  # "finetune" or "pretrain" (the primary config)
+    overrides: list[str]  # Hydra overrides: task, model, peft, task.max_length, ...
+    rows: list[dict]  # training examples, written to a jsonl file (data.train_file)
+    batch_size: int = 16
+    steps: int = 30
+    warmup: int = 5  # step intervals left out of the medians and tokens/s
+    precision: str = "no"
+    runners: tuple[str, ...] = RUNNERS
+    description: str = ""
+
+
+def _lognormal_lengths(rng: random.Random, n: int, median: float, sigma: float, cap: int) -> list[int]:
+    return [max(1, min(cap, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
+
+
+def skewed_classification_rows(
+    n: int = 2000, seed: int = 0, median_words: float = 21, sigma: float = 1.0, max_words: int = 600
+) -> list[dict]:
+    """Classification examples with a realistic, right-skewed length distribution: each joins
+    texts of one label from llmtune's built-in data until a log-normal number of words is
+    reached (median ~25 tokens, a long tail truncated at task.max_length)."""
+    from llmtune.data.builtin import builtin_splits
+
+    rng = random.Random(seed)
+    base = builtin_splits("classification")["train"]
+    by_label: dict[str, list[list[str]]] = {}
+    for row in base:
+        by_label.setdefault(row["label"], []).append(row["text"].split())
+    labels = sorted(by_label)
+    rows = []
+    for target in _lognormal_lengths(rng, n, median_words, sigma, max_words):
+        label = rng.choice(labels)
+        words: list[str] = []
+        while len(words) < target:
+            words += rng.choice(by_label[label])
+        rows.append({"text": " ".join(words[:target]), "label": label})
+    return rows
+
+
+def skewed_ner_rows(n: int = 2000, seed: int = 0, median_words: float = 21, sigma: float = 1.0, max_words: int = 600) -> list[dict]:
+    """NER examples built like skewed_classification_rows: built-in tagged sentences joined
+    (tokens and tags together) up to a log-normal number of words."""
+    from llmtune.data.builtin import builtin_splits
+
+    rng = random.Random(seed)
+    base = builtin_splits("ner")["train"]
+    rows = []
+    for target in _lognormal_lengths(rng, n, median_words, sigma, max_words):
+        tokens: list[str] = []
+        tags: list[str] = []
+        while len(tokens) < target:
+            row = rng.choice(base)
+            tokens += row["tokens"]
+            tags += row["tags"]
+        rows.append({"tokens": tokens[:target], "tags": tags[:target]})
+    return rows
+
+
+def text_rows() -> list[dict]:
+    """The built-in pretraining text (paragraphs of Python's help topics), training split."""
+    from llmtune.data.builtin import builtin_splits
+
+    return [{"text": row["text"]} for row in builtin_splits("text")["train"]]
+
+
+MODELS = {
+    # size -> (encoder config, decoder config)
+    "small": ("small_mlm", "small_clm"),
+    "tiny": ("tiny_bert", "tiny_llama"),
+}
+
+
+def cpu_cases(names: list[str], *, size: str, steps: int, warmup: int, batch_size: int, examples: int, precision: str) -> list[Case]:
+    encoder, decoder = MODELS[size]
+    common = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "precision": precision}
+    builders: dict[str, Callable[[], Case]] = {
+        "cls": lambda: Case(
+            "cls",
+            "finetune",
+            ["task=classification", f"model={encoder}", "task.max_length=256"],
+            skewed_classification_rows(examples),
+            description=f"classification, {encoder}, skewed lengths (max 256)",
+            **common,
+        ),
+        "ner": lambda: Case(
+            "ner",
+            "finetune",
+            ["task=ner", f"model={encoder}", "task.max_length=256"],
+            skewed_ner_rows(examples),
+            description=f"NER, {encoder}, skewed lengths (max 256)",
+            **common,
+        ),
+        "mlm": lambda: Case(
+            "mlm",
+            "pretrain",
+            ["task=mlm", f"model={encoder}"],
+            text_rows(),
+            description=f"masked-LM pretraining, {encoder}, 128-token blocks",
+            **common,
+        ),
+        "clm": lambda: Case(
+            "clm",
+            "pretrain",
+            ["task=clm", f"model={decoder}"],
+            text_rows(),
+            description=f"causal-LM pretraining, {decoder}, 128-token blocks",
+            **common,
+        ),
+    }
+    unknown = [n for n in names if n not in builders]
+    if unknown:
+        from llmtune.errors import UserError, did_you_mean
+
+        raise UserError(f"bench: unknown case '{unknown[0]}'.{did_you_mean(unknown[0], list(builders))} Cases: {', '.join(builders)}.")
+    return [builders[n]() for n in names]
+
+
+@dataclass
+class UnpackedCLMTask(CLMTask):
+    """Causal LM on whole examples (SFT-style, loss on every token): one row per example,
+    truncated to max_length, EOS appended, padded per batch, instead of the clm task's packing
+    into full blocks. Used by the GPU benchmark's mixed-length case through
+    `task._target_=llmtune.bench.UnpackedCLMTask` (llmtune has no SFT task yet)."""
+
+    def preprocess(self, raw, tokenizer):
+        eos = tokenizer.eos_token_id
+
+        def encode(batch):
+            ids = tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=self.max_length - 1)["input_ids"]
+            return {"input_ids": [row + [eos] for row in ids]}
+
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
