@@ -125,7 +125,8 @@ def _write_metrics(trainer, result, cfg, run_dir: Path) -> None:
     shown = {k: v for k, v in result.metrics.items() if v}
     if result.initial is not None:
         shown = {"step 0": result.initial, **shown}
-    print_table(metrics_table(f"{cfg.command} {task.name}: {run_dir}", shown, task.main_metric))
+    print_table(metrics_table(f"{cfg.command} {task.name}", shown, task.main_metric))
+    print(f"outputs: {run_dir}")
 
 
 def _shutdown(accelerator) -> None:
