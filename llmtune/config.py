@@ -28,7 +28,7 @@ NULLABLE = {
     "trainer.early_stopping_patience": 0, "trainer.max_grad_norm": 0.0, "trainer.resume": "",
     "optimizer.lr": 0.0, "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.validation_split": 0.0,
     "data.name": "", "data.config_name": "", "data.train_file": "", "data.validation_file": "", "data.test_file": "",
-    "model.name_or_path": "", "model.tokenizer": "", "model.attn_implementation": "", "scheduler.warmup_steps": 0,
+    "data.columns": {}, "model.name_or_path": "", "model.tokenizer": "", "model.attn_implementation": "", "scheduler.warmup_steps": 0,
 }
 _STAMP: str | None = None
 
