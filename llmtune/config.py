@@ -285,10 +285,9 @@ def _validate(cfg: DictConfig) -> None:
     if not cfg.model.name_or_path and not cfg.model.config:
         raise UserError("model.name_or_path is empty and model.config is not set; name a model (e.g. model=minilm or model.name_or_path=./my_model).")
     name = cfg.model.name_or_path
-    if name and (str(name).startswith((".", "/", "~")) or os.sep in str(name) and Path(str(name)).expanduser().exists()):
-        path = Path(str(name)).expanduser()
-        if not path.exists():
-            raise UserError(f"model.name_or_path={name}: no such directory; point it at a folder with config.json (e.g. a run's final/).")
+    # A local path (not a hub id such as org/model) must exist.
+    if name and str(name).startswith((".", "/", "~")) and not Path(str(name)).expanduser().exists():
+        raise UserError(f"model.name_or_path={name}: no such directory; point it at a folder with config.json (e.g. a run's final/).")
     for key in ("train_file", "validation_file", "test_file"):
         value = cfg.data.get(key)
         if value:

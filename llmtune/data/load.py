@@ -93,26 +93,32 @@ def _load_hub(data_cfg, task, renames: dict):
         splits[SPLIT_ALIASES.get(name, name)] = ds
     if "train" not in splits:
         raise UserError(f"data.name={data_cfg.name} has no train split (splits: {', '.join(loaded)}).")
-    # A split whose labels are hidden (GLUE test: all -1) cannot be evaluated.
     splits = {k: v for k, v in splits.items() if k in ("train", "validation", "test")}
+    # A split whose labels are hidden (GLUE's test split: all -1, now None) cannot be evaluated.
+    if "test" in splits and "label" in splits["test"].column_names and all(v is None for v in splits["test"]["label"]):
+        log.info("data.name=%s: the test split has no labels; evaluating on validation only", data_cfg.name)
+        del splits["test"]
     return splits, _sha({k: v._fingerprint for k, v in splits.items()})
 
 
 def _labels_as_names(ds):
-    """ClassLabel ids -> label names, so tasks see the same strings as from files."""
-    from datasets import ClassLabel, Sequence
+    """ClassLabel ids -> label names, so tasks see the same strings as from files. A hidden
+    label (-1, as in GLUE's test split) becomes None."""
+    from datasets import ClassLabel, List, Sequence, Value
 
     for column, feature in ds.features.items():
-        names = None
+        inner = feature.feature if isinstance(feature, (Sequence, List)) else None
         if isinstance(feature, ClassLabel):
-            names = feature.names
-            ds = ds.map(lambda b, c=column, n=names: {c: [n[i] if i >= 0 else None for i in b[c]]}, batched=True)
-        elif isinstance(feature, Sequence) and isinstance(feature.feature, ClassLabel):
-            names = feature.feature.names
-            ds = ds.map(lambda b, c=column, n=names: {c: [[n[i] for i in row] for row in b[c]]}, batched=True)
-        elif isinstance(feature, list) and feature and isinstance(feature[0], ClassLabel):
-            names = feature[0].names
-            ds = ds.map(lambda b, c=column, n=names: {c: [[n[i] for i in row] for row in b[c]]}, batched=True)
+            as_names = lambda b, c=column, n=feature.names: {c: [n[i] if i >= 0 else None for i in b[c]]}  # noqa: E731
+            kind = Value("string")
+        elif isinstance(inner, ClassLabel):
+            as_names = lambda b, c=column, n=inner.names: {c: [[n[i] for i in row] for row in b[c]]}  # noqa: E731
+            kind = List(Value("string"))
+        else:
+            continue
+        features = ds.features.copy()
+        features[column] = kind
+        ds = ds.map(as_names, batched=True, features=features)
     return ds
 
 
