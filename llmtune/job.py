@@ -56,6 +56,7 @@ def check_run_dir(run_dir: Path, tcfg) -> None:
 def run_job(cfg: DictConfig) -> float | None:
     from llmtune.builders import build_accelerator, build_trainer
     from llmtune.config import validate
+    from llmtune.engine.distributed import full_weights
     from llmtune.engine.loop import fit
     from llmtune.ui.console import setup_logging
 
@@ -76,8 +77,10 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         trainer, method = build_trainer(cfg, accelerator, run_dir)
         result = fit(trainer)
+        # Sharded weights (FSDP, ZeRO-3) are gathered by every process, onto the main one.
+        weights = full_weights(trainer.model, accelerator)
         if accelerator.is_main_process:
-            _write_final(trainer, method, cfg, run_dir / "final")
+            _write_final(trainer, method, cfg, run_dir / "final", weights)
             _write_metrics(trainer, result, cfg, run_dir)
         accelerator.wait_for_everyone()
     finally:
@@ -86,9 +89,9 @@ def run_job(cfg: DictConfig) -> float | None:
     return validation.get(trainer.task.main_metric)
 
 
-def _write_final(trainer, method, cfg, final: Path) -> None:
+def _write_final(trainer, method, cfg, final: Path, weights: dict | None = None) -> None:
     final.mkdir(parents=True, exist_ok=True)
-    method.save(trainer.model, final)
+    method.save(trainer.model, final, state_dict=weights)
     trainer.tokenizer.save_pretrained(final)
     if method.is_adapter:
         # The base model's config, with the task's label maps, so the folder is self-describing.

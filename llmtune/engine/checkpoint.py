@@ -8,6 +8,13 @@ Layout of `checkpoints/step-N/`:
     state.json             step, epoch, position in the epoch, best metric, run fingerprint,
                            and the size of every other file (written last)
 
+Under FSDP (distributed=fsdp) no process holds the whole model, so the trainable weights and the
+optimizer state go to `sharded/` instead of trainable.safetensors and optimizer.pt: every
+process writes its own part with torch.distributed.checkpoint, and a resume reads each part
+back. Under DeepSpeed they go to
+`deepspeed/` through accelerate's save_state. The rest of the layout and every guarantee below
+are the same.
+
 A checkpoint is written under a temporary name and renamed into place when complete, so a
 process killed mid-save leaves the previous checkpoints intact and no half-written `step-N`.
 A checkpoint whose files do not match the sizes in its state.json (truncated, damaged) is
@@ -22,6 +29,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +40,8 @@ from llmtune.errors import TrainingError, UserError
 
 log = logging.getLogger("llmtune")
 STEP_DIR = re.compile(r"^step-(\d+)$")
+SHARDED_DIR = "sharded"      # FSDP: trainable weights + optimizer, one shard file per process
+DEEPSPEED_DIR = "deepspeed"  # DeepSpeed: its own checkpoint format, through accelerate
 
 
 @dataclass
@@ -62,6 +72,14 @@ def is_loadable(path: Path) -> bool:
         sizes = saved["files"]
         if any((path / name).stat().st_size != size for name, size in sizes.items()):
             return False
+        layout = _layout(sizes)
+        if layout == "sharded":
+            from torch.distributed.checkpoint import FileSystemReader
+
+            FileSystemReader(str(path / SHARDED_DIR)).read_metadata()
+            return True
+        if layout == "deepspeed":
+            return True
         from safetensors import safe_open
 
         with safe_open(str(path / "trainable.safetensors"), framework="pt") as f:
@@ -69,6 +87,25 @@ def is_loadable(path: Path) -> bool:
     except Exception:  # noqa: BLE001 — any failure to read means unusable
         return False
     return "trainable.safetensors" in sizes and "optimizer.pt" in sizes
+
+
+def _layout(files) -> str:
+    """"sharded" (FSDP), "deepspeed", or "plain", from a checkpoint's file names."""
+    if f"{SHARDED_DIR}/.metadata" in files:
+        return "sharded"
+    if any(name.startswith(f"{DEEPSPEED_DIR}/") for name in files):
+        return "deepspeed"
+    return "plain"
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder` (sub-folders too), by path relative to it, with its size."""
+    sizes = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            file = Path(root) / name
+            sizes[file.relative_to(folder).as_posix()] = file.stat().st_size
+    return sizes
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -128,24 +165,35 @@ def save(directory: Path, state: TrainState, model, optimizer, scheduler, accele
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+        layout = _layout_of(model, accelerator)
+        if layout == "sharded":  # every process writes its own shard
+            _save_sharded(tmp / SHARDED_DIR, model, optimizer)
+        elif layout == "deepspeed":
+            accelerator.save_state(str(tmp / DEEPSPEED_DIR))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            save_file(trainable_state(unwrapped), tmp / "trainable.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if layout == "plain":
+                unwrapped = accelerator.unwrap_model(model)
+                save_file(trainable_state(unwrapped), tmp / "trainable.safetensors")
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            files = {p.name: p.stat().st_size for p in tmp.iterdir()}
+            files = _file_sizes(tmp)
             (tmp / "state.json").write_text(json.dumps({**asdict(state), "files": files}, indent=1))
+            for sub in (SHARDED_DIR, DEEPSPEED_DIR):
+                if (tmp / sub).is_dir():
+                    _fsync_dir(tmp / sub)
             _fsync_dir(tmp)
             if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(directory)
-    except OSError as exc:
+    except Exception as exc:
+        if not _write_failed(exc):
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(directory)
         raise TrainingError(
-            f"could not write checkpoint {final}: {exc.strerror or exc}; the last complete checkpoint is "
+            f"could not write checkpoint {final}: {getattr(exc, 'strerror', None) or _first_line(exc)}; the last complete checkpoint is "
             f"{previous or 'none'}. Free space (or lower trainer.save_total_limit) and resume with trainer.resume=auto."
         ) from exc
     if accelerator.is_main_process:
@@ -195,8 +243,14 @@ def load_trainable(path: Path, model) -> None:
 
 def load(path: Path, model, optimizer, scheduler, accelerator) -> TrainState:
     """Restore a checkpoint written by `save` into freshly built objects."""
-    load_trainable(path, accelerator.unwrap_model(model))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    layout = _check_layout(path, model, accelerator)
+    if layout == "sharded":
+        _load_sharded(path / SHARDED_DIR, model, optimizer)
+    elif layout == "deepspeed":
+        accelerator.load_state(str(path / DEEPSPEED_DIR))
+    else:
+        load_trainable(path, accelerator.unwrap_model(model))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng-rank{accelerator.process_index}.pt"
     if rng_file.exists():
@@ -208,3 +262,113 @@ def read_state(path: Path) -> TrainState:
     saved = json.loads((path / "state.json").read_text())
     saved.pop("files", None)
     return TrainState(**saved)
+
+
+def load_weights(path: Path, model, accelerator) -> None:
+    """Load only a checkpoint's weights into the (prepared) model, e.g. the best checkpoint for
+    final/. Under FSDP every process loads its shard, so every process must call this."""
+    layout = _check_layout(path, model, accelerator)
+    if layout == "sharded":
+        _load_sharded(path / SHARDED_DIR, model, None)
+    elif layout == "deepspeed":
+        accelerator.load_state(str(path / DEEPSPEED_DIR))  # restores the optimizer too: harmless here
+    else:
+        load_trainable(path, accelerator.unwrap_model(model))
+
+
+# --------------------------------------------------------------------------- sharded (FSDP)
+def _write_failed(exc: BaseException) -> bool:
+    """An OSError, or torch.distributed.checkpoint's CheckpointException: DCP raises a failed
+    write of any process on all of them that way. (Not imported unless DCP ran: it is slow.)"""
+    if isinstance(exc, OSError):
+        return True
+    if "torch.distributed.checkpoint" not in sys.modules:
+        return False
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return isinstance(exc, CheckpointException)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _layout_of(model, accelerator) -> str:
+    """The checkpoint layout this run writes: "sharded", "deepspeed" or "plain"."""
+    from llmtune.engine.distributed import is_sharded
+
+    if is_sharded(model):
+        return "sharded"
+    # DistributedType is a str enum; a plain comparison keeps test doubles without the attribute working.
+    if getattr(accelerator, "distributed_type", None) == "DEEPSPEED":
+        return "deepspeed"
+    return "plain"
+
+
+def _check_layout(path: Path, model, accelerator) -> str:
+    """The checkpoint's layout, which must be the one this run writes."""
+    saved = _layout(_read_files(path))
+    current = _layout_of(model, accelerator)
+    if saved != current:
+        how = {"sharded": "distributed=fsdp", "deepspeed": "distributed=deepspeed_*", "plain": "neither FSDP nor DeepSpeed"}
+        raise UserError(
+            f"trainer.resume: {path} was written with {how[saved]} and this run uses {how[current]}; "
+            "resume with the distributed setting the run was started with, or start a new output_dir."
+        )
+    return saved
+
+
+def _read_files(path: Path) -> dict[str, int]:
+    return json.loads((path / "state.json").read_text()).get("files", {})
+
+
+def _trainable_names(model) -> set[str]:
+    from llmtune.engine.distributed import clean_name
+
+    return {clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _inner(optimizer):
+    """The torch optimizer inside accelerate's wrapper (torch's state-dict helpers need it)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _save_sharded(folder: Path, model, optimizer) -> None:
+    """Each process writes its shard of the trainable weights and of the optimizer state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    names = _trainable_names(model)
+    weights = {k: v for k, v in get_model_state_dict(model).items() if k in names}
+    dcp.save({"model": weights, "optimizer": get_optimizer_state_dict(model, _inner(optimizer))}, checkpoint_id=str(folder))
+
+
+def _load_sharded(folder: Path, model, optimizer) -> None:
+    """Read each process's shard back (the optimizer too unless None); the trainable
+    parameters must be the ones that were saved."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    names = _trainable_names(model)
+    stored = {k.split(".", 1)[1] for k in FileSystemReader(str(folder)).read_metadata().state_dict_metadata if k.startswith("model.")}
+    if stored != names:
+        missing, extra = sorted(names - stored)[:3], sorted(stored - names)[:3]
+        raise UserError(
+            f"trainer.resume: {folder.parent} does not match this model's trainable parameters "
+            f"(missing {missing}, unexpected {extra}); resume with the same model and peft settings."
+        )
+    state = {"model": {k: v for k, v in get_model_state_dict(model).items() if k in names}}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(model, _inner(optimizer))
+    dcp.load(state, checkpoint_id=str(folder))
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    if optimizer is not None:
+        set_optimizer_state_dict(model, _inner(optimizer), state["optimizer"])

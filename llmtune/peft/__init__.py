@@ -3,5 +3,5 @@
 
     is_adapter   True when final/ holds an adapter to load with PeftModel.from_pretrained
     apply        freeze/wrap the model; return the model to train
-    save         write final/ (save_pretrained)
+    save         write final/ (save_pretrained); state_dict: the gathered weights of a sharded model
 """

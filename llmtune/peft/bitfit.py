@@ -27,5 +27,5 @@ class BitFit:
             raise UserError(f"peft=bitfit: {type(model).__name__} has no bias parameters to train (e.g. Llama-style models); use peft=lora.")
         return model
 
-    def save(self, model, directory) -> None:
-        model.save_pretrained(directory)  # the whole model: loads with plain AutoModelFor*
+    def save(self, model, directory, state_dict: dict | None = None) -> None:
+        model.save_pretrained(directory, state_dict=state_dict)  # the whole model: loads with plain AutoModelFor*

@@ -43,5 +43,5 @@ class LoRA:
         )
         return get_peft_model(model, config)
 
-    def save(self, model, directory) -> None:
-        model.save_pretrained(directory)  # adapter + head weights + adapter_config.json
+    def save(self, model, directory, state_dict: dict | None = None) -> None:
+        model.save_pretrained(directory, state_dict=state_dict)  # adapter + head weights + adapter_config.json

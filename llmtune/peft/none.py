@@ -13,5 +13,5 @@ class FullFineTune:
             p.requires_grad_(True)
         return model
 
-    def save(self, model, directory) -> None:
-        model.save_pretrained(directory)
+    def save(self, model, directory, state_dict: dict | None = None) -> None:
+        model.save_pretrained(directory, state_dict=state_dict)
