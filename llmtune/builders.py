@@ -13,6 +13,7 @@ log = logging.getLogger("llmtune")
 
 
 def _instantiate(node, group: str, **kwargs):
+    _require_target_package(node, group)
     try:
         return instantiate(node, **kwargs)
     except Exception as exc:  # noqa: BLE001 — instantiate wraps errors in several types
@@ -22,14 +23,50 @@ def _instantiate(node, group: str, **kwargs):
         raise UserError(f"{group}: cannot build {node.get('_target_')}: {str(cause).strip().splitlines()[0]}; check the {group}.* keys.") from None
 
 
+# Optional packages a shipped config may name, and the extra that installs each.
+EXTRAS = {"bitsandbytes": "bnb"}
+
+
+def _require_target_package(node, group: str) -> None:
+    import importlib.util
+
+    package = str(node.get("_target_", "")).split(".")[0]
+    if package in EXTRAS and importlib.util.find_spec(package) is None:
+        raise UserError(f"{group}: {node._target_} needs the {package} package, which is not installed; pip install 'llmtune[{EXTRAS[package]}]' or pick another {group}.")
+
+
 def build_accelerator(cfg):
     import torch
     from accelerate import Accelerator
 
+    from llmtune.engine import distributed
+
     t = cfg.trainer
     # Accelerator(cpu=True) also makes `torchrun`/`accelerate launch` on a GPU-less machine
     # run multi-process on gloo.
-    return Accelerator(cpu=t.cpu or not torch.cuda.is_available(), mixed_precision=t.precision)
+    cpu = t.cpu or not torch.cuda.is_available()
+    plugins = distributed.accelerator_kwargs(cfg, cpu)  # the `distributed` group: DDP knobs, FSDP, DeepSpeed
+    accelerator = Accelerator(cpu=cpu, mixed_precision=t.precision, **plugins)
+    distributed.finish_setup(accelerator, plugins, t.precision)
+    return accelerator
+
+
+def set_matmul_precision(tf32: bool) -> None:
+    """TF32 for float32 matmuls on CUDA (Ampere or newer); CPU matmuls are unaffected."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in backward instead of storing them. Non-reentrant
+    checkpointing also works when only adapters (LoRA) need gradients."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"trainer.gradient_checkpointing=true: {type(model).__name__} does not support it; set trainer.gradient_checkpointing=false.")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False  # a KV cache is useless in training and clashes with recomputation
 
 
 def build_task(cfg):
@@ -57,7 +94,7 @@ def build_trainer(cfg, accelerator, run_dir: Path):
 
     from llmtune.data.load import load_raw, tokenize
     from llmtune.engine import checkpoint
-    from llmtune.engine.batching import BatchPlan
+    from llmtune.engine.batching import make_plan
     from llmtune.engine.callbacks import EarlyStopping, JsonlLogger, ProgressCallback
     from llmtune.engine.loop import Trainer
     from llmtune.models import load_model, load_tokenizer
@@ -65,6 +102,7 @@ def build_trainer(cfg, accelerator, run_dir: Path):
 
     t = cfg.trainer
     set_seed(cfg.seed)
+    set_matmul_precision(t.tf32)
     task = build_task(cfg)
     raw, fingerprint = load_raw(cfg.data, task, cfg.seed)
     resume_from = checkpoint.resolve_resume(t.resume, run_dir)
@@ -76,27 +114,32 @@ def build_trainer(cfg, accelerator, run_dir: Path):
 
     set_seed(cfg.seed)  # the same initial weights whatever the data loading consumed
     model = load_model(cfg.model, task, tokenizer, model_kwargs)
+    if t.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     method = _instantiate(cfg.peft, "peft")
     model = method.apply(model, task)
+    if t.compile:
+        # In place (nn.Module.compile): parameter names and saved files stay as without it.
+        model.compile()
     trainable, total = count_parameters(model)
     log.info("parameters: %s trainable of %s total (%.2f%%, peft=%s)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1), method.method)
 
     lengths = [len(ids) for ids in data["train"]["input_ids"]]
-    plan = BatchPlan(lengths, t.batch_size, t.grad_accum, accelerator.num_processes, cfg.seed, t.group_by_length)
+    plan = make_plan(lengths, t, accelerator.num_processes, cfg.seed)
     plan.check()
     steps = total_steps(t, plan.steps_per_epoch)
     lr = cfg.optimizer.lr if cfg.optimizer.lr is not None else method.default_lr
     optimizer = _instantiate(cfg.optimizer, "optimizer", lr=lr)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
     scheduler = _instantiate(cfg.scheduler, "scheduler")(optimizer, num_training_steps=steps)
     log.info(
-        "training: %d steps of %d examples (batch %d × accum %d × %d process(es)), %.1f epochs, lr %g",
-        steps, plan.step_size, t.batch_size, t.grad_accum, accelerator.num_processes, steps / plan.steps_per_epoch, lr,
+        "training: %d steps of %s, %.1f epochs, lr %g", steps, plan.describe(), steps / plan.steps_per_epoch, lr,
     )
     callbacks = [JsonlLogger(run_dir / "train_log.jsonl", enabled=accelerator.is_main_process), ProgressCallback(enabled=accelerator.is_main_process), EarlyStopping(t.early_stopping_patience)]
     trainer = Trainer(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, task=task, tokenizer=tokenizer,
         datasets=data, plan=plan, total_steps=steps, run_dir=run_dir, tcfg=t, seed=cfg.seed, callbacks=callbacks,
         resume_from=resume_from,
-        fingerprint={"task": task.name, "peft": method.method, "step_size": plan.step_size, "max_length": task.max_length},
+        fingerprint={"task": task.name, "peft": method.method, "step_size": plan.fingerprint, "max_length": task.max_length,
+                     "packing": bool(getattr(task, "packing", False))},
     )
     return trainer, method

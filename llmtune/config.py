@@ -25,10 +25,11 @@ _MISSING = object()
 # (a sample value of the type), so `trainer.max_steps=abc` is still caught up front.
 NULLABLE = {
     "trainer.max_steps": 0, "trainer.max_epochs": 0, "trainer.eval_every": 0, "trainer.save_every": 0,
-    "trainer.early_stopping_patience": 0, "trainer.max_grad_norm": 0.0, "trainer.resume": "",
-    "optimizer.lr": 0.0, "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.validation_split": 0.0,
+    "trainer.early_stopping_patience": 0, "trainer.max_tokens": 0, "trainer.pad_to_multiple_of": 0, "trainer.max_grad_norm": 0.0, "trainer.resume": "",
+    "optimizer.lr": 0.0, "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.num_proc": 0, "data.validation_split": 0.0,
     "data.name": "", "data.config_name": "", "data.train_file": "", "data.validation_file": "", "data.test_file": "",
     "data.columns": {}, "model.name_or_path": "", "model.tokenizer": "", "model.attn_implementation": "", "scheduler.warmup_steps": 0,
+    "distributed.wrap_classes": [], "distributed.nvme_path": "",
 }
 _STAMP: str | None = None
 
@@ -270,7 +271,7 @@ def _validate(cfg: DictConfig) -> None:
         raise UserError("trainer.precision=fp16 needs a CUDA GPU (none found); use trainer.precision=bf16 or no on CPU.")
     if not t.max_steps and not t.max_epochs:
         raise UserError("neither trainer.max_steps nor trainer.max_epochs is set; set one, e.g. trainer.max_steps=500.")
-    for key in ("max_steps", "max_epochs", "eval_every", "log_every", "save_every", "early_stopping_patience"):
+    for key in ("max_steps", "max_epochs", "eval_every", "log_every", "save_every", "early_stopping_patience", "max_tokens", "pad_to_multiple_of"):
         value = t.get(key)
         if value is not None and value < 1:
             raise UserError(f"trainer.{key}={value}: must be at least 1 (or null to turn it off).")
@@ -298,6 +299,9 @@ def _validate(cfg: DictConfig) -> None:
             detect_format(path)  # raises on an unknown extension
     if (cfg.data.validation_file or cfg.data.test_file) and not cfg.data.train_file and not cfg.data.name:
         raise UserError("data.validation_file/test_file is set but data.train_file is not; give data.train_file too.")
+    from llmtune.engine import distributed
+
+    distributed.check(cfg)
 
 
 def _cuda_available() -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from llmtune.tasks.clm import CLMTask
 
 RUNNERS = ("llmtune", "hf", "hf_group_by_length", "raw")
-CPU_CASES = ("cls", "ner", "mlm", "clm")
+CPU_CASES = ("cls", "ner", "mlm", "clm", "sft")
 DEFAULT_PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
 DEFAULT_OUT = "benchmarks/results/cpu.json"
 
@@ -30,6 +30,9 @@ class Case:
     precision: str = "no"
     runners: tuple[str, ...] = RUNNERS
     description: str = ""
+    # Packed cases: llmtune's batch is rows, as many as hold about the real tokens of batch_size
+    # samples (set once the data is tokenized), so every runner trains on similar tokens per step.
+    packed_rows: bool = False
 
 
 def _lognormal_lengths(rng: random.Random, n: int, median: float, sigma: float, cap: int) -> list[int]:
@@ -86,6 +89,19 @@ def text_rows() -> list[dict]:
     return [{"text": row["text"]} for row in builtin_splits("text")["train"]]
 
 
+def sft_rows(n: int = 2000) -> list[dict]:
+    """Prompt/response pairs from the built-in SFT data (skewed lengths: median ~40 tokens, a
+    long tail past 256); more than one split's worth comes from further seeds."""
+    from llmtune.data.builtin import builtin_splits
+
+    rows: list[dict] = []
+    seed = 0
+    while len(rows) < n:
+        rows += builtin_splits("sft", seed=seed)["train"]
+        seed += 1
+    return rows[:n]
+
+
 MODELS = {
     # size -> (encoder config, decoder config)
     "small": ("small_mlm", "small_clm"),
@@ -129,6 +145,16 @@ def cpu_cases(names: list[str], *, size: str, steps: int, warmup: int, batch_siz
             description=f"causal-LM pretraining, {decoder}, 128-token blocks",
             **common,
         ),
+        "sft": lambda: Case(
+            "sft",
+            "finetune",
+            ["task=sft", f"model={decoder}", "task.packing=true", "task.max_length=256"],
+            sft_rows(examples),
+            description=f"SFT, {decoder}, mixed lengths: llmtune packs samples into 256-token rows (rows/step: the real tokens "
+            "of batch_size samples); HF and raw pad batch_size samples",
+            packed_rows=True,
+            **common,
+        ),
     }
     unknown = [n for n in names if n not in builders]
     if unknown:
@@ -143,13 +169,14 @@ class UnpackedCLMTask(CLMTask):
     """Causal LM on whole examples (SFT-style, loss on every token): one row per example,
     truncated to max_length, EOS appended, padded per batch, instead of the clm task's packing
     into full blocks. Used by the GPU benchmark's mixed-length case through
-    `task._target_=llmtune.bench.UnpackedCLMTask` (llmtune has no SFT task yet)."""
+    `task._target_=llmtune.bench.UnpackedCLMTask` (random-token rows have no prompt/response
+    split; task=sft is llmtune's SFT task, see the CPU `sft` case)."""
 
-    def preprocess(self, raw, tokenizer):
+    def preprocess(self, raw, tokenizer, num_proc=None):
         eos = tokenizer.eos_token_id
 
         def encode(batch):
             ids = tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=self.max_length - 1)["input_ids"]
             return {"input_ids": [row + [eos] for row in ids]}
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ def prepare(case: Case, workdir: Path, device: str) -> Prepared:
     s = cfg.scheduler
     warmup = s.warmup_steps if s.get("warmup_steps") is not None else int(round((s.get("warmup_ratio") or 0.0) * trainer.total_steps))
     trainable, total = count_parameters(trainer.model)
+    if case.packed_rows:
+        train = unpacked_samples(trainer.task, trainer.tokenizer, case.rows)
+        trainer.plan = dataclasses.replace(trainer.plan, batch_size=rows_for_tokens(case.batch_size, train["input_ids"], trainer.plan.lengths))
     return Prepared(
         case=case,
         cfg=cfg,
@@ -133,6 +137,24 @@ def prepare(case: Case, workdir: Path, device: str) -> Prepared:
     )
 
 
+def rows_for_tokens(samples_per_step: int, samples: list[list[int]], row_lengths: list[int]) -> int:
+    """Packed rows per step holding about the real tokens of `samples_per_step` samples."""
+    mean_sample = sum(map(len, samples)) / max(len(samples), 1)
+    mean_row = sum(row_lengths) / max(len(row_lengths), 1)
+    return max(1, round(samples_per_step * mean_sample / mean_row))
+
+
+def unpacked_samples(task, tokenizer, rows: list[dict]):
+    """The baselines' data for a packed SFT case: the same samples one per row, with labels
+    unshifted as transformers models expect them (they shift inside their loss): the token
+    itself where it is learned, -100 elsewhere."""
+    from datasets import Dataset, DatasetDict
+
+    plain = dataclasses.replace(task, packing=False)
+    data = plain.preprocess(DatasetDict({"train": Dataset.from_list(rows)}), tokenizer)["train"]
+    return data.map(lambda row: {"labels": [-100] + row["labels"][:-1]}, desc="unshifting labels")
+
+
 def _autocast(device, precision: str):
     import torch
 
@@ -147,11 +169,14 @@ def hf_collator(p: Prepared):
     """The standard transformers collator for the task (what an HF user would pick)."""
     from transformers import (
         DataCollatorForLanguageModeling,
+        DataCollatorForSeq2Seq,
         DataCollatorForTokenClassification,
         DataCollatorWithPadding,
     )
 
     auto = p.task.auto_class
+    if p.task.name == "sft":  # pads input_ids and the -100 labels of prompt tokens per batch
+        return DataCollatorForSeq2Seq(p.tokenizer, label_pad_token_id=-100)
     if auto == "AutoModelForSequenceClassification":
         return DataCollatorWithPadding(p.tokenizer)
     if auto == "AutoModelForTokenClassification":
@@ -204,6 +229,8 @@ def run_llmtune(p: Prepared) -> RunRecord:
         result = fit(trainer)
         wall = time.perf_counter() - started
     extra = {"engine_tokens_seen": int(result.state.tokens_seen), "engine_runtime_s": round(result.runtime_s, 3)}
+    if p.case.packed_rows:  # a step's sample count varies with the packing; tokens/s is the measure
+        extra.update(samples_per_s=None, rows_per_step=trainer.plan.batch_size)
     acc = p.accelerator
     trainer.model = trainer.optimizer = None
     del trainer, result

@@ -148,13 +148,15 @@ def tokenize(raw, task, tokenizer, data_cfg, fingerprint: str, accelerator):
     from datasets import load_from_disk
 
     task_settings = asdict(task) if is_dataclass(task) else {}
-    key = _sha([fingerprint, type(task).__name__, task_settings, getattr(task, "labels", None), tokenizer_fingerprint(tokenizer), __version__])[:20]
+    num_proc = data_cfg.get("num_proc")
+    # num_proc is in the key: LM tasks pack blocks within each shard, so it shapes the blocks.
+    key = _sha([fingerprint, type(task).__name__, task_settings, getattr(task, "labels", None), tokenizer_fingerprint(tokenizer), num_proc, __version__])[:20]
     path = Path(str(data_cfg.cache_dir)).expanduser() / "tokenized" / key
     with accelerator.main_process_first():
         if data_cfg.cache and (path / "dataset_dict.json").is_file():
             log.info("tokenized data: cache hit, skipped tokenization (%s)", path)
             return load_from_disk(str(path))
-        processed = _drop_unlabelled(task.preprocess(raw, tokenizer))
+        processed = _drop_unlabelled(task.preprocess(raw, tokenizer, **({"num_proc": num_proc} if num_proc else {})))
         if data_cfg.cache and accelerator.is_main_process:
             tmp = path.with_name(f".{key}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)

@@ -34,11 +34,16 @@ class Task(Protocol):
     def model_kwargs(self, raw: Any) -> dict:
         """Keyword arguments for from_pretrained/from_config: num_labels, id2label, label2id..."""
 
-    def preprocess(self, raw: Any, tokenizer: Any) -> Any:
-        """Raw DatasetDict -> tokenized DatasetDict (columns the collator reads)."""
+    def preprocess(self, raw: Any, tokenizer: Any, num_proc: int | None = None) -> Any:
+        """Raw DatasetDict -> tokenized DatasetDict (columns the collator reads); `num_proc`
+        (data.num_proc) goes to datasets' batched map."""
 
     def collator(self, tokenizer: Any, train: bool) -> Callable[[list[dict]], dict]:
         """Examples -> batch of tensors; `train` selects e.g. dynamic masking vs fixed masks."""
 
     def evaluate(self, model: Any, dataloader: Any, accelerator: Any) -> dict[str, float]:
         """Metrics over a dataloader; must include `main_metric` and `loss`."""
+
+    # Optional: `logits(model, batch, labels) -> (logits, labels)` replaces the plain forward
+    # (llmtune.tasks.common.model_logits) in training and evaluation, e.g. to score only some
+    # positions. The engine looks it up with getattr.

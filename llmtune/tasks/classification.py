@@ -34,7 +34,7 @@ class ClassificationTask:
         common.check_known_labels(raw, "label", self.labels, nested=False)
         return common.label_maps(self.labels)
 
-    def preprocess(self, raw, tokenizer):
+    def preprocess(self, raw, tokenizer, num_proc=None):
         label2id = {label: i for i, label in enumerate(self.labels)}
         has_pair = "text_pair" in raw["train"].column_names
 
@@ -44,7 +44,7 @@ class ClassificationTask:
             out["labels"] = [label2id[str(label)] for label in batch["label"]]
             return out
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")
 
     def collator(self, tokenizer, train: bool):
         keys = tuple(k for k in tokenizer.model_input_names)

@@ -39,7 +39,7 @@ class CLMTask:
     def model_kwargs(self, raw) -> dict:
         return {}
 
-    def preprocess(self, raw, tokenizer):
+    def preprocess(self, raw, tokenizer, num_proc=None):
         if tokenizer.eos_token_id is None:
             raise UserError("task=clm needs a tokenizer with an end-of-sequence token to separate texts; this one has none.")
         eos = tokenizer.eos_token_id
@@ -48,7 +48,7 @@ class CLMTask:
             ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
             return {"input_ids": common.pack_into_blocks([row + [eos] for row in ids], self.max_length)}
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")
 
     def collator(self, tokenizer, train: bool):
         def collate(features: list[dict]) -> dict:

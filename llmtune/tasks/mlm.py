@@ -44,7 +44,7 @@ class MLMTask:
     def model_kwargs(self, raw) -> dict:
         return {}
 
-    def preprocess(self, raw, tokenizer):
+    def preprocess(self, raw, tokenizer, num_proc=None):
         if tokenizer.mask_token_id is None:
             raise UserError("task=mlm needs a tokenizer with a mask token; this one has none (a decoder tokenizer?). Use task=clm or a BERT-style model.")
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -55,7 +55,7 @@ class MLMTask:
             blocks = common.pack_into_blocks([row + [sep] for row in ids], inner)
             return {"input_ids": [[cls, *b, sep] for b in blocks]}
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")
 
     def collator(self, tokenizer, train: bool):
         specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
@@ -81,10 +81,48 @@ class MLMTask:
 
         return collate
 
+    def logits(self, model, batch: dict, labels: torch.Tensor):
+        """Logits at the masked positions only. The vocabulary projection is most of an MLM
+        head's cost and 85% of positions have no label, so the decoder sees just the hidden
+        states it is scored on (a pre-hook gathers them); the labels are gathered to match."""
+        picked = labels != IGNORE_INDEX
+        decoder = _decoder(model)
+        if decoder is None:  # a model without get_output_embeddings: every position
+            return model(**batch).logits, labels
+        decoder._llmtune_picked = picked
+        try:
+            logits = model(**batch).logits
+        finally:
+            decoder._llmtune_picked = None
+        return logits, labels[picked]
+
     def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
-        loss = common.run_eval(model, dataloader, accelerator)
+        loss = common.run_eval(model, dataloader, accelerator, forward=self.logits)
         return {"loss": loss, "perplexity": common.perplexity(loss)}
 
 
 def _row_generator(row: torch.Tensor) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(row.numpy().tobytes()))
+
+
+def _decoder(model):
+    """The vocabulary projection of a masked-LM model, with the gathering pre-hook attached
+    once (a persistent hook keeps a compiled model's graph stable; it does nothing unless
+    `_llmtune_picked` is set for the current forward)."""
+    inner = model
+    while hasattr(inner, "module"):  # DDP / FSDP wrappers
+        inner = inner.module
+    if hasattr(inner, "get_base_model"):  # a PEFT model
+        inner = inner.get_base_model()
+    decoder = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if decoder is not None and not hasattr(decoder, "_llmtune_picked"):
+        decoder._llmtune_picked = None
+        decoder.register_forward_pre_hook(_gather_picked)
+    return decoder
+
+
+def _gather_picked(module, args):
+    picked = module._llmtune_picked
+    if picked is None:
+        return None
+    return (args[0][picked],) + tuple(args[1:])

@@ -56,7 +56,7 @@ class NERTask:
         index = {label: i for i, label in enumerate(self.labels)}
         return {i: index[f"I-{label[2:]}"] for label, i in index.items() if label.startswith("B-") and f"I-{label[2:]}" in index}
 
-    def preprocess(self, raw, tokenizer):
+    def preprocess(self, raw, tokenizer, num_proc=None):
         if not tokenizer.is_fast:
             raise UserError(f"task=ner needs a fast tokenizer (word_ids); {type(tokenizer).__name__} is not. Use a model with a tokenizer.json.")
         label2id = {label: i for i, label in enumerate(self.labels)}
@@ -73,7 +73,7 @@ class NERTask:
                 out["word_labels"].append(align_labels(word_ids, ids, label_all_tokens=False, b_to_i=b_to_i))
             return out
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenizing")
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")
 
     def collator(self, tokenizer, train: bool):
         keys = tuple(tokenizer.model_input_names)

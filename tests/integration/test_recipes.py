@@ -26,6 +26,8 @@ def _data_for(task: str) -> list[str]:
         return [f"data.train_file={ASSETS / 'ner_train.conll'}", f"data.validation_file={ASSETS / 'ner_dev.conll'}"]
     if task == "classification":
         return [f"data.train_file={ASSETS / 'cls_train.jsonl'}", f"data.validation_file={ASSETS / 'cls_dev.jsonl'}"]
+    if task == "sft":  # the built-in instruction data, cut down
+        return ["data.max_train_samples=64", "data.max_eval_samples=16", "task.max_length=128"]
     return [f"data.train_file={ASSETS / 'corpus.txt'}", "task.max_length=32"]
 
 
@@ -34,7 +36,7 @@ def test_each_recipe_runs_with_a_tiny_model(cli, tmp_path, name):
     _, command = describe(name)
     task = next((part.split("=", 1)[1] for part in command.split() if part.startswith("task=")), None)
     task = task or ("mlm" if " pretrain" in command else "classification")
-    model = "tiny_llama" if task == "clm" else "tiny_bert"
+    model = "tiny_llama" if task in ("clm", "sft") else "tiny_bert"
     out = tmp_path / "run"
     result = cli(
         "run", name, f"model={model}", *_data_for(task),

@@ -26,3 +26,22 @@ def test_bench_runs_every_runner_and_writes_json(cli, tmp_path):
     assert set(case["ratios"]["tokens_per_s"]) == {"llmtune/hf", "llmtune/hf_group_by_length", "llmtune/raw"}
     assert case["data"]["examples"] == 200
     assert "llmtune" in result.out  # the table was printed
+
+
+def test_bench_sft_case_compares_packed_llmtune_with_padded_baselines(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    result = cli("bench", "--cases", "sft", "--size", "tiny", "--steps", "3", "--warmup", "1", "--examples", "200", "--batch-size", "8",
+                 "--runners", "llmtune,hf,raw", "--out", out)
+    assert result.code == 0, result.text
+    case = json.loads(out.read_text())["cases"]["sft"]
+    runs = case["runs"]
+    for name, run in runs.items():
+        assert "error" not in run, (name, run)
+        assert run["tokens_per_s"] > 0 and run["tokens_trained"] > 0
+    # Packed rows carry almost no padding; the padded baselines carry a lot on mixed lengths.
+    assert runs["llmtune"]["padding_fraction"] < 0.05 < runs["hf"]["padding_fraction"]
+    assert runs["llmtune"]["engine_tokens_seen"] == runs["llmtune"]["tokens_trained"]
+    # llmtune's packed rows per step hold about the real tokens of the baselines' 8 samples.
+    per_step = lambda run: run["tokens_trained"] / run["steps"]  # noqa: E731
+    assert 0.5 < per_step(runs["llmtune"]) / per_step(runs["hf"]) < 2
+    assert case["data"]["examples"] == 200  # the baselines train on the samples, one per row

@@ -1,0 +1,237 @@
+"""Supervised fine-tuning (SFT) of decoders: learn the response to a prompt, optionally packed.
+
+Rows have `prompt` and `response` columns, or a `messages` column: a chat, a list of
+{"role": "system" | "user" | "assistant", "content": ...}, whose assistant turns are learned.
+Formatting uses the tokenizer's chat template when it has one, else PLAIN_TEMPLATE below.
+The loss covers the response tokens and the EOS that ends each response, nothing else; labels
+come shifted (position t predicts token t+1) like the clm task's, and never across samples.
+
+Packing (task.packing=true) puts several tokenized samples in one row of up to max_length
+tokens (best-fit decreasing, samples never split). Each sample's position_ids restart at 0, and
+the model gets no attention mask (the batch's mask only counts real tokens; the `logits` hook
+leaves it out). transformers then builds a block-diagonal causal mask from the position ids
+(masking_utils.find_packed_sequence_indices; sdpa and eager tested, flex built the same way),
+so no token attends to another sample and the loss equals unpacked training. That detection is skipped
+when the model holds a KV cache, which the default use_cache=True creates even in training, so
+the forward pass asks for use_cache=False (the saved model keeps its setting for generation).
+flash_attention_* separates packed samples only in a single flattened row, so packing refuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from llmtune.errors import UserError
+from llmtune.tasks import common
+from llmtune.tasks.base import IGNORE_INDEX
+
+log = logging.getLogger("llmtune")
+
+# Used when the tokenizer has no chat template. A turn of a chat renders as one of these
+# (the response is followed by the EOS token, the part that is learned):
+PLAIN_TEMPLATE = {
+    "system": "### System:\n{content}\n\n",
+    "user": "### Instruction:\n{content}\n\n### Response:\n",
+    "assistant": "{content}",
+}
+ROLES = tuple(PLAIN_TEMPLATE)
+
+
+def _as_messages(row: dict) -> list[dict]:
+    if row.get("messages") is not None:
+        return row["messages"]
+    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+
+
+def _check_messages(messages, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects; got {type(messages).__name__}.")
+    for turn in messages:
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise UserError(f"{where}: each message needs a role ({', '.join(ROLES)}) and a text content; got {turn!r:.80}.")
+    if not any(turn["role"] == "assistant" for turn in messages):
+        raise UserError(f"{where}: the chat has no assistant turn, so there is nothing to learn; add one or remove the row.")
+
+
+def _plain_segments(messages: list[dict]) -> list[tuple[str, bool]]:
+    """(text, learned) pieces of a chat in PLAIN_TEMPLATE."""
+    return [(PLAIN_TEMPLATE[t["role"]].format(content=t["content"]), t["role"] == "assistant") for t in messages]
+
+
+def _chat_segments(tokenizer, messages: list[dict], where: str) -> list[tuple[str, bool]]:
+    """(text, learned) pieces from the chat template: each assistant turn is the text the
+    template adds between the chat up to it (with the generation prompt) and the chat through
+    it. Templates that rewrite earlier turns (none of the common ones) cannot be split so."""
+    pieces, done = [], ""
+    for i, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (prompt.startswith(done) and through.startswith(prompt)):
+            raise UserError(
+                f"{where}: the tokenizer's chat template does not render this chat turn by turn (a later turn changes "
+                "earlier text), so the response tokens cannot be found; use prompt/response rows or a model whose template appends turns."
+            )
+        pieces += [(prompt[len(done):], False), (through[len(prompt):], True)]
+        done = through
+    return pieces
+
+
+def shifted_labels(ids: list[int], learned: list[bool]) -> list[int]:
+    """Labels aligned with the logits: position t is trained to predict token t+1 when that
+    token is learned. The last position predicts nothing, so no label reaches the next
+    sample of a packed row."""
+    return [ids[t + 1] if learned[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)] + [IGNORE_INDEX]
+
+
+@dataclass
+class SFTTask:
+    name: str = "sft"
+    max_length: int = 256
+    packing: bool = False
+    attn_implementation: str | None = None   # the model's, for the packing check
+    builtin: str = "sft"
+
+    auto_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    main_metric = "loss"
+    greater_is_better = False
+    # `prompt` + `response`, or `messages`: checked by the task itself (_columns), since
+    # load_raw can only require a fixed set.
+    required_columns = ()
+
+    def __post_init__(self) -> None:
+        if self.packing and str(self.attn_implementation or "").startswith("flash"):
+            raise UserError(
+                f"task.packing=true with model.attn_implementation={self.attn_implementation}: transformers only keeps packed samples "
+                "apart under flash attention in one flattened row, not in llmtune's batches of packed rows; use "
+                "model.attn_implementation=sdpa (or eager), or task.packing=false."
+            )
+
+    # ---------------------------------------------------------------- columns and formatting
+    def _columns(self, split) -> None:
+        columns = set(split.column_names)
+        if "messages" in columns or {"prompt", "response"} <= columns:
+            return
+        where = split.info.description or "the training data"
+        raise UserError(
+            f"{where}: task=sft needs 'prompt' and 'response' columns or a 'messages' column (a list of {{role, content}}); "
+            f"found: {', '.join(sorted(columns)) or 'none'}. Rename columns with data.columns={{SOURCE: prompt, ...}}."
+        )
+
+    def texts(self, rows):
+        """The plain-template text of each row (trains a tokenizer for a model built from scratch)."""
+        self._columns(rows)
+        for row in rows:
+            yield "".join(text for text, _ in _plain_segments(_as_messages(row))) + "\n"
+
+    def model_kwargs(self, raw) -> dict:
+        for split in raw.values():
+            self._columns(split)
+        return {}
+
+    def _pieces(self, row: dict, tokenizer, where: str) -> list[tuple[str, bool]]:
+        if row.get("messages") is None and not (isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
+            raise UserError(f"{where}: 'prompt' and 'response' must both be text; fix or remove the row.")
+        messages = _as_messages(row)
+        _check_messages(messages, where)
+        if getattr(tokenizer, "chat_template", None):
+            return _chat_segments(tokenizer, messages, where)
+        return _plain_segments(messages)
+
+    def encode(self, rows, tokenizer, where: str) -> list[tuple[list[int], list[bool]]]:
+        """(token ids, learned flags) per row, untruncated. One tokenizer call per split: each
+        piece is tokenized on its own (so a response starts on a token boundary) and EOS is
+        appended to every response that does not already hold it (the model learns to stop).
+        The plain template starts with BOS when the tokenizer would add one itself; a chat
+        template writes its own special tokens."""
+        pieces = [self._pieces(row, tokenizer, f"{where} row {n}") for n, row in enumerate(rows, start=1)]
+        flat = [text for row in pieces for text, _ in row]
+        tokenized = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+        eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+        adds_bos = not getattr(tokenizer, "chat_template", None) and bos is not None and tokenizer("x")["input_ids"][:1] == [bos]
+        encoded = []
+        for row in pieces:
+            ids, learned = ([bos], [False]) if adds_bos else ([], [])
+            for _, is_target in row:
+                piece = next(tokenized)
+                if is_target and eos not in piece:
+                    piece = piece + [eos]
+                ids += piece
+                learned += [is_target] * len(piece)
+            encoded.append((ids, learned))
+        return encoded
+
+    # ---------------------------------------------------------------- preprocessing
+    def preprocess(self, raw, tokenizer, num_proc=None):  # one tokenizer call per split: num_proc unused
+        from datasets import Dataset, DatasetDict
+
+        if tokenizer.eos_token_id is None:
+            raise UserError(
+                "task=sft needs a decoder whose tokenizer has an end-of-sequence token (to end each response); this one has none. "
+                "Use a decoder such as model=tiny_llama, model=gpt2 or a hub causal LM."
+            )
+        out = {}
+        for split, rows in raw.items():
+            self._columns(rows)
+            samples, truncated, empty = [], 0, 0
+            for ids, learned in self.encode(rows, tokenizer, rows.info.description or f"the {split} split"):
+                if len(ids) > self.max_length:
+                    truncated += 1
+                    ids, learned = ids[: self.max_length], learned[: self.max_length]
+                labels = shifted_labels(ids, learned)
+                if all(label == IGNORE_INDEX for label in labels):
+                    empty += 1  # the prompt fills max_length: no response token is left to learn
+                    continue
+                samples.append((ids, labels))
+            if truncated:
+                log.warning("%s: %d of %d samples are longer than task.max_length=%d tokens and were truncated", split, truncated, len(rows), self.max_length)
+            if empty:
+                log.warning("%s: dropped %d samples with no response token left after truncation (raise task.max_length)", split, empty)
+            out[split] = Dataset.from_dict(self._pack(samples, split) if self.packing else {
+                "input_ids": [ids for ids, _ in samples], "labels": [labels for _, labels in samples],
+            })
+        return DatasetDict(out)
+
+    def _pack(self, samples: list[tuple[list[int], list[int]]], split: str) -> dict:
+        """Samples -> rows of up to max_length tokens, with position ids restarting per sample."""
+        bins = common.pack_best_fit([len(ids) for ids, _ in samples], self.max_length)
+        rows = {"input_ids": [], "labels": [], "position_ids": []}
+        for members in bins:
+            ids, labels, positions = [], [], []
+            for i in members:
+                ids += samples[i][0]
+                labels += samples[i][1]
+                positions += range(len(samples[i][0]))
+            rows["input_ids"].append(ids)
+            rows["labels"].append(labels)
+            rows["position_ids"].append(positions)
+        tokens = sum(len(ids) for ids in rows["input_ids"])
+        if bins:
+            log.info("%s: packed %d samples into %d rows of up to %d tokens (%.1f%% full)", split, len(samples), len(bins), self.max_length, 100 * tokens / (len(bins) * self.max_length))
+        return rows
+
+    # ---------------------------------------------------------------- batches and metrics
+    def collator(self, tokenizer, train: bool):
+        pad = tokenizer.pad_token_id
+
+        def collate_packed(features: list[dict]) -> dict:
+            return common.pad_packed(features, pad)
+
+        def collate(features: list[dict]) -> dict:
+            batch = common.pad_inputs(tokenizer, features, ("input_ids",))
+            batch["labels"] = common.pad_labels([f["labels"] for f in features], batch["input_ids"].shape[1])
+            return batch
+
+        return collate_packed if self.packing else collate
+
+    def logits(self, model, batch: dict, labels):
+        """The forward pass (the engine's hook): packed batches go without their attention mask
+        and without a KV cache (common.packed_forward)."""
+        return common.packed_forward(model, batch, labels)
+
+    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
+        loss = common.run_eval(model, dataloader, accelerator, forward=self.logits)
+        return {"loss": loss, "perplexity": common.perplexity(loss)}
