@@ -10,11 +10,17 @@ number means):
   bert_ner        BERT-base shape (768 × 12 layers) built from config, NER on llmtune's built-in
                   sentences joined to a skewed length distribution (median ~25 tokens, tail to
                   256), batch 32
+  llama_lora_sft_packed  the same model and LoRA through llmtune's SFT task with packing
+                  (prompt/response samples of mixed length) against HF Trainer and the raw loop
+                  padding batches of 8 samples
   llama_lora_sft  Llama shape, hidden 2048, 16 layers, intermediate 8192, 32 heads, vocab 32000,
                   tied embeddings (~1.14B parameters), LoRA r=8 on every linear layer, SFT-style
                   examples of mixed length (median ~300 tokens, tail to 2048), batch 8. llmtune
                   has no unpacked SFT task, so its real config path is used with
                   task._target_=llmtune.bench.UnpackedCLMTask (one padded row per example)
+
+Variants ("llmtune+compile", "llmtune+max_tokens_8k", ...) are extra llmtune runs with the
+opt-in throughput switches, reported beside the like-for-like run.
 
 The whole script is sized to finish in about 4-6 minutes on an H200 (--budget-s skips the
 cases that would start after the budget). Results go to --out as JSON and a table per case.
@@ -44,7 +50,7 @@ if str(ROOT) not in sys.path:
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_key, _value)
 
-CASES = ("gpt2_clm", "bert_ner", "llama_lora_sft")
+CASES = ("gpt2_clm", "bert_ner", "llama_lora_sft_packed", "llama_lora_sft")
 
 
 def word_tokenizer(folder: Path, vocab_size: int, *, pad: bool) -> Path:
@@ -92,6 +98,7 @@ def build_cases(names: list[str], workdir: Path, *, smoke: bool) -> list:
                  f"model.config={{model_type:gpt2,{dims},n_positions:1024}}", f"task.max_length={seq}", "optimizer.lr=6e-4"],
                 rows, batch_size=batch, steps=steps, warmup=warmup, precision=precision,
                 runners=("llmtune", "hf", "raw"),  # equal-length blocks: group_by_length changes nothing
+                variants={"compile": ["trainer.compile=true"]},
                 description=f"GPT-2 124M shape, causal LM, {seq}-token blocks of random tokens, batch {batch}, {precision}",
             ))
         elif name == "bert_ner":
@@ -103,7 +110,34 @@ def build_cases(names: list[str], workdir: Path, *, smoke: bool) -> list:
                 name, "finetune",
                 ["task=ner", "model=small_mlm", *dims, "model.tokenizer_vocab_size=28996", "task.max_length=256", "optimizer.lr=5e-5"],
                 skewed_ner_rows(400 if smoke else 6000), batch_size=batch, steps=steps, warmup=warmup, precision=precision,
+                # The opt-in throughput modes, reported beside the like-for-like batch of 32.
+                variants={"compile": ["trainer.compile=true"],
+                          **{f"max_tokens_{n}": [f"trainer.max_tokens={n}"] for n in ((512, 1024) if smoke else (8192, 16384))}},
                 description=f"BERT-base shape, NER, skewed lengths (median ~25 tokens, max 256), batch {batch}, {precision}",
+            ))
+        elif name == "llama_lora_sft_packed":
+            # The same shape and LoRA, through llmtune's SFT task: llmtune packs samples into
+            # max_len rows (per-sample position ids, no cross-attention between samples) with as
+            # many rows per step as hold the real tokens of `batch` samples; HF and the raw loop
+            # pad `batch` samples per step, labels -100 on the prompt.
+            batch, steps, warmup, max_len = (4, 4, 1, 256) if smoke else (8, 30, 8, 2048)
+            dims = ("hidden_size=64 intermediate_size=128 num_hidden_layers=2 num_attention_heads=4 num_key_value_heads=4" if smoke
+                    else "hidden_size=2048 intermediate_size=8192 num_hidden_layers=16 num_attention_heads=32 num_key_value_heads=32")
+            tok = word_tokenizer(workdir / "llama-tokenizer", 32000, pad=True)
+            n = steps * batch * 3 + batch
+            rows = []
+            for _ in range(n):
+                total = max(16, min(max_len - 2, round(rng.lognormvariate(math.log(300 if not smoke else 40), 0.8))))
+                prompt = max(4, total // 3)
+                words = [f"w{rng.randrange(31998)}" for _ in range(total)]
+                rows.append({"prompt": " ".join(words[:prompt]), "response": " ".join(words[prompt:])})
+            cases.append(Case(
+                name, "finetune",
+                ["task=sft", "task.packing=true", "model=tiny_llama", f"model.tokenizer='{tok}'",
+                 *[f"model.config.{d}" for d in dims.split()], f"model.config.max_position_embeddings={max_len}",
+                 "model.config.tie_word_embeddings=true", "peft=lora", f"task.max_length={max_len}", "optimizer.lr=2e-4"],
+                rows, batch_size=batch, steps=steps, warmup=warmup, precision=precision, packed_rows=True,
+                description=f"Llama ~1.1B shape, LoRA r=8, SFT of mixed length (median ~300, max {max_len}): llmtune packed rows vs padded batches of {batch}, {precision}",
             ))
         elif name == "llama_lora_sft":
             batch, steps, warmup, max_len = (4, 4, 1, 256) if smoke else (8, 30, 8, 2048)

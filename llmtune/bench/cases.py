@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmtune.tasks.clm import CLMTask
 
@@ -33,6 +33,9 @@ class Case:
     # Packed cases: llmtune's batch is rows, as many as hold about the real tokens of batch_size
     # samples (set once the data is tokenized), so every runner trains on similar tokens per step.
     packed_rows: bool = False
+    # Extra llmtune runs with more overrides, reported as "llmtune+NAME" (e.g. the token-budget
+    # mode, which changes the samples per step and so is shown apart from the like-for-like run).
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _lognormal_lengths(rng: random.Random, n: int, median: float, sigma: float, cap: int) -> list[int]:
@@ -102,6 +105,10 @@ def sft_rows(n: int = 2000) -> list[dict]:
     return rows[:n]
 
 
+# The opt-in throughput mode on the variable-length CPU cases: micro-batches of up to 1024
+# padded tokens (about 40 median-length examples, 4 of the longest) instead of batch_size examples.
+TOKEN_BUDGET = {"max_tokens": ["trainer.max_tokens=1024"]}
+
 MODELS = {
     # size -> (encoder config, decoder config)
     "small": ("small_mlm", "small_clm"),
@@ -119,6 +126,7 @@ def cpu_cases(names: list[str], *, size: str, steps: int, warmup: int, batch_siz
             ["task=classification", f"model={encoder}", "task.max_length=256"],
             skewed_classification_rows(examples),
             description=f"classification, {encoder}, skewed lengths (max 256)",
+            variants=TOKEN_BUDGET,
             **common,
         ),
         "ner": lambda: Case(
@@ -127,6 +135,7 @@ def cpu_cases(names: list[str], *, size: str, steps: int, warmup: int, batch_siz
             ["task=ner", f"model={encoder}", "task.max_length=256"],
             skewed_ner_rows(examples),
             description=f"NER, {encoder}, skewed lengths (max 256)",
+            variants=TOKEN_BUDGET,
             **common,
         ),
         "mlm": lambda: Case(

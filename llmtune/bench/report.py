@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from llmtune.bench.cases import (
@@ -80,14 +81,16 @@ def _length_stats(lengths: list[int]) -> dict:
 
 
 def ratios(runs: dict) -> dict:
-    base = runs.get("llmtune") or {}
+    """Every llmtune run (and variant) against every other runner, per measure."""
     out: dict[str, dict] = {"tokens_per_s": {}, "step_ms_median": {}, "wall_s": {}}
-    for name, r in runs.items():
-        if name == "llmtune" or "error" in r or "error" in base:
-            continue
-        for key in out:
-            if base.get(key) and r.get(key):
-                out[key][f"llmtune/{name}"] = round(base[key] / r[key], 3)
+    ours = {n: r for n, r in runs.items() if n.startswith("llmtune") and "error" not in r}
+    for mine, base in ours.items():
+        for name, r in runs.items():
+            if name.startswith("llmtune") or "error" in r:
+                continue
+            for key in out:
+                if base.get(key) and r.get(key):
+                    out[key][f"{mine}/{name}"] = round(base[key] / r[key], 3)
     return out
 
 
@@ -97,10 +100,17 @@ def run_case(case: Case, workdir: Path, *, device: str = "cpu", peak_flops: floa
     p = prepare(case, workdir, device)
     say(f"[{case.name}] {len(p.train)} training examples, {p.params:,} parameters ({p.trainable:,} trainable), prep {p.prep_s:.1f}s")
     runs: dict[str, dict] = {}
-    order = [r for r in RUNNERS if r in case.runners]
+    order = [r for r in RUNNERS if r in case.runners] + [f"llmtune+{v}" for v in case.variants]
     for name in order:
         say(f"[{case.name}] {name}: {case.steps} steps of {case.batch_size}")
         try:
+            if name.startswith("llmtune+"):
+                variant = name.split("+", 1)[1]
+                extra = replace(case, overrides=[*case.overrides, *case.variants[variant]], variants={})
+                vp = prepare(extra, workdir / f"variant-{variant}", device)
+                runs[name] = summarize(run_llmtune(vp), vp, peak_flops)
+                del vp
+                continue
             if name == "llmtune":
                 rec = run_llmtune(p)
             elif name == "raw":
@@ -162,7 +172,10 @@ def case_table(name: str, result: dict):
             continue
         mem = r.get("cuda_max_allocated_mb", r.get("peak_rss_growth_mb"))
         ratio = ""
-        if runner != "llmtune" and base.get("tokens_per_s") and r.get("tokens_per_s"):
+        hf = runs.get("hf", {})
+        if runner.startswith("llmtune+") and hf.get("tokens_per_s") and r.get("tokens_per_s"):
+            ratio = f"{r['tokens_per_s'] / hf['tokens_per_s']:.2f}× hf"  # a variant against HF's default
+        elif runner != "llmtune" and base.get("tokens_per_s") and r.get("tokens_per_s"):
             ratio = f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}×"
         loss = f"{r['loss_first']:.3f}→{r['loss_last']:.3f}" if r.get("loss_first") is not None else "-"
         row = [

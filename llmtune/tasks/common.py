@@ -146,13 +146,20 @@ def pad_packed(features: list[dict], pad_token_id: int) -> dict:
     }
 
 
-def packed_forward(model, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_forward(model, batch: dict, labels: torch.Tensor, flatten: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass for packed batches (a task's `logits` hook). transformers builds the
     block-diagonal mask from position_ids only with no attention mask and no KV cache, so the
     mask is left out (the row-end padding it marked comes after every real token of its row and
     is never labelled) and use_cache=False is passed: the default use_cache=True creates a
-    cache object even in training, and with it the packed position ids would be ignored."""
+    cache object even in training, and with it the packed position ids would be ignored.
+
+    `flatten` joins the batch's rows into one row: flash attention keeps samples apart (its
+    variable-length kernel, from the position ids) only within a single row, and then skips the
+    padding-free mask altogether. The position ids still restart at every sample."""
     if "position_ids" not in batch:
         return model(**batch).logits, labels
     batch = {k: v for k, v in batch.items() if k != "attention_mask"}
+    if flatten:
+        batch = {k: v.reshape(1, -1) for k, v in batch.items()}
+        labels = labels.reshape(1, -1)
     return model(**batch, use_cache=False).logits, labels

@@ -14,7 +14,8 @@ leaves it out). transformers then builds a block-diagonal causal mask from the p
 so no token attends to another sample and the loss equals unpacked training. That detection is skipped
 when the model holds a KV cache, which the default use_cache=True creates even in training, so
 the forward pass asks for use_cache=False (the saved model keeps its setting for generation).
-flash_attention_* separates packed samples only in a single flattened row, so packing refuses it.
+flash_attention_* separates packed samples only within a single row, so under it a batch of
+packed rows is flattened into one row (its variable-length kernel then sees every sample).
 """
 
 from __future__ import annotations
@@ -101,14 +102,6 @@ class SFTTask:
     # `prompt` + `response`, or `messages`: checked by the task itself (_columns), since
     # load_raw can only require a fixed set.
     required_columns = ()
-
-    def __post_init__(self) -> None:
-        if self.packing and str(self.attn_implementation or "").startswith("flash"):
-            raise UserError(
-                f"task.packing=true with model.attn_implementation={self.attn_implementation}: transformers only keeps packed samples "
-                "apart under flash attention in one flattened row, not in llmtune's batches of packed rows; use "
-                "model.attn_implementation=sdpa (or eager), or task.packing=false."
-            )
 
     # ---------------------------------------------------------------- columns and formatting
     def _columns(self, split) -> None:
@@ -230,7 +223,8 @@ class SFTTask:
     def logits(self, model, batch: dict, labels):
         """The forward pass (the engine's hook): packed batches go without their attention mask
         and without a KV cache (common.packed_forward)."""
-        return common.packed_forward(model, batch, labels)
+        flash = str(self.attn_implementation or "").startswith("flash")
+        return common.packed_forward(model, batch, labels, flatten=flash)
 
     def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
         loss = common.run_eval(model, dataloader, accelerator, forward=self.logits)

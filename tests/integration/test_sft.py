@@ -109,12 +109,6 @@ def test_one_step_packed_equals_one_step_unpacked(tmp_path):
     assert packed_state["tokens_seen"] == plain_state["tokens_seen"]
 
 
-def test_flash_attention_with_packing_is_one_clear_line(tmp_path):
-    result = run_cli(*_tiny(tmp_path / "run", "task.packing=true", "model.attn_implementation=flash_attention_2", "trainer.max_steps=1"))
-    assert result.code == 2
-    assert "task.packing=true with model.attn_implementation=flash_attention_2" in result.err
-
-
 def test_an_encoder_model_is_refused(tmp_path):
     # finetune's default model is MiniLM (BERT, no EOS token): not a decoder.
     result = run_cli("finetune", "task=sft", "data.max_train_samples=20", "trainer.max_steps=1", f"output_dir={tmp_path / 'run'}")

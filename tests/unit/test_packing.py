@@ -145,12 +145,6 @@ def test_missing_columns_are_one_clear_line(sft_tok):
         SFTTask().preprocess(_raw([{"text": "a"}]), sft_tok)
 
 
-def test_flash_attention_with_packing_is_refused():
-    with pytest.raises(UserError, match="flash_attention_2.*model.attn_implementation=sdpa"):
-        SFTTask(packing=True, attn_implementation="flash_attention_2")
-    SFTTask(packing=False, attn_implementation="flash_attention_2")  # unpacked: the 2-D mask path is fine
-
-
 def test_packing_keeps_samples_whole_and_truncates_long_ones(sft_tok, caplog):
     long_response = {"prompt": "Repeat egg.", "response": ", ".join(["egg x2"] * 40)}
     long_prompt = {"prompt": ", ".join(["egg x2"] * 40), "response": "Done."}
@@ -233,6 +227,36 @@ def test_packed_and_unpacked_give_the_same_loss_and_gradients(sft_tok, attn):
     assert loss_n != pytest.approx(loss_a, rel=1e-5)
     assert (tokens_n - tokens_a).abs().max() > 1e-2
     assert not all(torch.allclose(grads_n[k], g, rtol=1e-4, atol=1e-6) for k, g in grads_a.items())
+
+
+def test_flattened_packed_rows_give_the_same_loss_and_gradients(sft_tok):
+    """Under flash attention the packed rows of a batch are joined into one row (its varlen
+    kernel separates samples only within a row). The position ids keep samples apart in that
+    row too: checked here with sdpa, which builds the same separation from them on CPU."""
+    task, one_per_row, packed_rows = _batches(sft_tok)
+    model = _model(sft_tok, task, "sdpa")
+    loss_a, n_a, grads_a, tokens_a = _loss_and_grads(model, task, one_per_row)
+    flash_task = SFTTask(max_length=task.max_length, packing=True, attn_implementation="flash_attention_2")
+
+    class Flattened:  # the flash path's reshape, on the sdpa model (flash kernels need a GPU)
+        def logits(self, model, batch, labels):
+            assert flash_task.logits(_Recorder(), batch, labels)[1].shape[0] == 1  # one row
+            return common.packed_forward(model, batch, labels, flatten=True)
+
+    loss_b, n_b, grads_b, tokens_b = _loss_and_grads(model, Flattened(), packed_rows)
+    assert n_a == n_b and loss_b == pytest.approx(loss_a, rel=1e-5)
+    assert (tokens_b - tokens_a).abs().max() < 1e-5
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+class _Recorder:
+    """A stand-in model that checks the flattened batch: one row, no mask, no cache."""
+
+    def __call__(self, use_cache=None, **batch):
+        assert use_cache is False and "attention_mask" not in batch
+        assert all(v.shape[0] == 1 for v in batch.values())
+        return type("Out", (), {"logits": torch.zeros(1, batch["input_ids"].shape[1], 2)})()
 
 
 def test_a_kv_cache_would_let_packed_samples_see_each_other(sft_tok):
