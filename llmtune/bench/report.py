@@ -100,7 +100,8 @@ def run_case(case: Case, workdir: Path, *, device: str = "cpu", peak_flops: floa
     p = prepare(case, workdir, device)
     say(f"[{case.name}] {len(p.train)} training examples, {p.params:,} parameters ({p.trainable:,} trainable), prep {p.prep_s:.1f}s")
     runs: dict[str, dict] = {}
-    order = [r for r in RUNNERS if r in case.runners] + [f"llmtune+{v}" for v in case.variants]
+    order = [r for r in RUNNERS if r in case.runners]
+    order += [f"llmtune+{v}" for v in case.variants] if "llmtune" in order else []
     for name in order:
         say(f"[{case.name}] {name}: {case.steps} steps of {case.batch_size}")
         try:

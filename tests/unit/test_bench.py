@@ -23,7 +23,9 @@ def test_bench_runs_every_runner_and_writes_json(cli, tmp_path):
         assert run["tokens_trained"] > 0
     # llmtune's own count of non-pad tokens matches the bench's count of what it trained.
     assert runs["llmtune"]["engine_tokens_seen"] == runs["llmtune"]["tokens_trained"]
-    assert set(case["ratios"]["tokens_per_s"]) == {"llmtune/hf", "llmtune/hf_group_by_length", "llmtune/raw"}
+    # Every llmtune run, the token-budget variant too, against every baseline.
+    assert set(case["ratios"]["tokens_per_s"]) == {f"{mine}/{other}" for mine in ("llmtune", "llmtune+max_tokens") for other in ("hf", "hf_group_by_length", "raw")}
+    assert runs["llmtune+max_tokens"]["padding_fraction"] < runs["hf"]["padding_fraction"]
     assert case["data"]["examples"] == 200
     assert "llmtune" in result.out  # the table was printed
 
