@@ -32,6 +32,43 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 # A saved tokenizer: runs that must match each other exactly (resume, cache hits, several
 # processes) use it, so that they test the loop and not tokenizer training (tested on its own).
 FIXED_TOKENIZER = ASSETS / "tiny_wordpiece"
+# Runs compared number for number turn dropout off (the BERT-style model configs).
+NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
+# Prompt/response pairs for SFT tests (short and long, a quote, a line break).
+SFT_SAMPLES = [
+    {"prompt": "What is 2 plus 3?", "response": "2 plus 3 is 5."},
+    {"prompt": "Name the capital city of Peru.", "response": "The capital of Peru is Lima."},
+    {"prompt": "Sort these numbers from smallest to largest: 9, 4, 7.", "response": "4, 7, 9."},
+    {"prompt": "Turn this shopping list into numbered steps: egg x2, pear x1.", "response": "1. Buy two eggs.\n2. Buy one pear."},
+    {"prompt": "Hi", "response": "Hello there, how can I help?"},
+    {"prompt": "What is the opposite of \"hot\"?", "response": "The opposite of \"hot\" is \"cold\"."},
+]
+
+
+def subprocess_env(cache) -> dict:
+    """The environment of an llmtune child process (torchrun): offline, a private cache, one thread."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "LLMTUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    env.pop("LLMTUNE_DEBUG", None)
+    return env
+
+
+@contextlib.contextmanager
+def nan_loss_at_call(n: int):
+    """The training loss (llmtune.engine.loop.cross_entropy_sum) is NaN on its n-th call;
+    yields the list of calls so far."""
+    from llmtune.engine import loop
+
+    real, calls = loop.cross_entropy_sum, []
+
+    def cross_entropy_sum(logits, labels):
+        calls.append(1)
+        loss = real(logits, labels)
+        return loss * float("nan") if len(calls) == n else loss
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "cross_entropy_sum", cross_entropy_sum)
+        yield calls
 
 
 @dataclass

@@ -7,9 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXED_TOKENIZER, ner_args, read_log, run_cli
-
-NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
+from conftest import FIXED_TOKENIZER, NO_DROPOUT, ner_args, read_log, run_cli
 
 
 @pytest.fixture(scope="module")

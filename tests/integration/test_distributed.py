@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import FIXED_TOKENIZER, ROOT, ner_args, read_log
+from conftest import FIXED_TOKENIZER, NO_DROPOUT, ROOT, ner_args, read_log, subprocess_env
 
 pytestmark = pytest.mark.slow
-
-NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
-
-
-def _env(cache) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "LLMTUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    env.pop("LLMTUNE_DEBUG", None)
-    return env
 
 
 def _args(out, batch_size: int, *extra: str) -> list[str]:
@@ -42,7 +32,7 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def test_two_processes_match_one_process(tmp_path):
-    env = _env(tmp_path / "cache")
+    env = subprocess_env(tmp_path / "cache")
     fixed = f"model.tokenizer={FIXED_TOKENIZER}"
     single = tmp_path / "single"
     _run([sys.executable, "-m", "llmtune", "finetune", *_args(single, 8, fixed)], env)
@@ -61,7 +51,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 def test_two_processes_with_a_trained_tokenizer(tmp_path):
     """Each rank trains the scratch model's tokenizer itself: they must agree."""
-    env = _env(tmp_path / "cache")
+    env = subprocess_env(tmp_path / "cache")
     single = tmp_path / "single"
     _run([sys.executable, "-m", "llmtune", "finetune", *_args(single, 8)], env)
     double = tmp_path / "double"

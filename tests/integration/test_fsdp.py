@@ -4,7 +4,6 @@ checkpoints, resumes from one exactly, and still writes a whole model (or adapte
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,18 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ASSETS, FIXED_TOKENIZER, ROOT, ner_args, read_log, run_cli
+from conftest import ASSETS, FIXED_TOKENIZER, NO_DROPOUT, ROOT, ner_args, read_log, run_cli, subprocess_env
 
 pytestmark = pytest.mark.slow
-
-NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
-
-
-def _env(cache) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "LLMTUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    env.pop("LLMTUNE_DEBUG", None)
-    return env
 
 
 def _args(out, *extra: str) -> list[str]:
@@ -48,7 +38,7 @@ def _losses(run_dir) -> dict[int, float]:
 def runs(tmp_path_factory):
     """An FSDP run and the same run under plain DDP (distributed=none), both on 2 processes."""
     root = tmp_path_factory.mktemp("fsdp")
-    env = _env(root / "cache")
+    env = subprocess_env(root / "cache")
     _torchrun(env, *_args(root / "fsdp", "distributed=fsdp"))
     _torchrun(env, *_args(root / "ddp"))
     return {"root": root, "env": env, "fsdp": root / "fsdp", "ddp": root / "ddp"}

@@ -33,9 +33,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ASSETS, FIXED_TOKENIZER, cls_args, lm_args, ner_args, read_log, run_cli
-
-NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
+from conftest import ASSETS, FIXED_TOKENIZER, cls_args, lm_args, nan_loss_at_call, ner_args, read_log, run_cli
 BATCH = {"boundary": 3, "mid": 4}  # step 4 is / is not the end of an epoch on the 12 sentences
 
 
@@ -407,28 +405,11 @@ def test_lora_run_resumes_as_lora_without_stacking_adapters(tmp_path):
 
 
 # ------------------------------------------------------------------ 8. NaN / inf
-@contextlib.contextmanager
-def _nan_loss_at_call(n: int):
-    """The training loss (llmtune.engine.loop.cross_entropy_sum) is NaN on its n-th call."""
-    from llmtune.engine import loop
-
-    real, calls = loop.cross_entropy_sum, []
-
-    def cross_entropy_sum(logits, labels):
-        calls.append(1)
-        loss = real(logits, labels)
-        return loss * float("nan") if len(calls) == n else loss
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "cross_entropy_sum", cross_entropy_sum)
-        yield calls
-
-
 def test_nonfinite_loss_stops_with_exit_3_and_no_checkpoint_of_it(tmp_path):
     from llmtune.engine import checkpoint
 
     out = tmp_path / "run"
-    with _nan_loss_at_call(3):
+    with nan_loss_at_call(3):
         result = run_cli(*_args(out, 4, 3))
     assert result.code == 3, result.err[-3000:]
     assert "step 3: non-finite values (loss nan" in result.err
@@ -441,7 +422,7 @@ def test_nonfinite_loss_stops_with_exit_3_and_no_checkpoint_of_it(tmp_path):
 def _skip_run(factory) -> SimpleNamespace:
     if "skip" not in _RUNS:
         out = factory.mktemp("skip") / "run"
-        with _nan_loss_at_call(3) as calls:
+        with nan_loss_at_call(3) as calls:
             result = run_cli(*_args(out, 4, 3, "trainer.skip_nonfinite=1"))
         _RUNS["skip"] = SimpleNamespace(dir=out, result=result, calls=len(calls))
     return _RUNS["skip"]

@@ -16,12 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXED_TOKENIZER, ner_args, read_log, run_cli
+from conftest import FIXED_TOKENIZER, NO_DROPOUT, ner_args, read_log, run_cli
 
 PEFTS = ["none", "lora"]
 
-
-NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
 
 
 def _args(out: Path, peft: str, *extra: str, tokenizer: Path | None = FIXED_TOKENIZER, dropout: bool = False) -> list[str]:

@@ -9,16 +9,9 @@ import re
 
 import pytest
 
-from conftest import read_log, run_cli
+from conftest import SFT_SAMPLES, read_log, run_cli
 
-SAMPLES = [
-    {"prompt": "What is 2 plus 3?", "response": "2 plus 3 is 5."},
-    {"prompt": "Name the capital city of Peru.", "response": "The capital of Peru is Lima."},
-    {"prompt": "Sort these numbers from smallest to largest: 9, 4, 7.", "response": "4, 7, 9."},
-    {"prompt": "Turn this shopping list into numbered steps: egg x2, pear x1.", "response": "1. Buy two eggs.\n2. Buy one pear."},
-    {"prompt": "What is the opposite of \"hot\"?", "response": "The opposite of \"hot\" is \"cold\"."},
-    {"prompt": "Hi", "response": "Hello there, how can I help?"},
-]
+SAMPLES = SFT_SAMPLES
 CHATS = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                   {"role": "user", "content": "What is 1 plus 1?"}, {"role": "assistant", "content": "1 plus 1 is 2."}]},

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXED_TOKENIZER, ner_args, read_log, run_cli
+from conftest import FIXED_TOKENIZER, NO_DROPOUT, nan_loss_at_call, ner_args, read_log, run_cli
 
 
 def _args(out: Path, steps: int = 4, *extra: str) -> list[str]:
@@ -62,16 +62,7 @@ def _deferred_check_with_nan_at_call(n: int):
     update) and make the n-th training loss NaN."""
     from llmtune.engine import loop
 
-    real = loop.cross_entropy_sum
-    calls = []
-
-    def cross_entropy_sum(logits, labels):
-        calls.append(1)
-        loss = real(logits, labels)
-        return loss * float("nan") if len(calls) == n else loss
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "cross_entropy_sum", cross_entropy_sum)
+    with nan_loss_at_call(n), pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "_defer_finite_check", lambda accelerator, optimizer: True)
         yield
 
@@ -110,7 +101,7 @@ def test_gradient_checkpointing_trains_lora_with_the_same_losses(tmp_path):
 # ------------------------------------------------------------------ 8-bit AdamW
 def test_adamw8bit_trains_and_resumes_exactly(tmp_path):
     straight = tmp_path / "straight"
-    result = run_cli(*_args(straight, 4, "optimizer=adamw8bit", "optimizer.min_8bit_size=256", "+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"))
+    result = run_cli(*_args(straight, 4, "optimizer=adamw8bit", "optimizer.min_8bit_size=256", *NO_DROPOUT))
     assert result.code == 0, result.err[-3000:]
     state = torch.load(straight / "checkpoints" / "step-2" / "optimizer.pt", weights_only=False)
     quantized = [s["__bnb_optimizer_quant_state__"] for s in state["state"].values()]
@@ -118,7 +109,7 @@ def test_adamw8bit_trains_and_resumes_exactly(tmp_path):
     assert torch.uint8 in dtypes  # the 8-bit moments are what was saved
 
     resumed = tmp_path / "resumed"
-    result = run_cli(*_args(resumed, 4, "optimizer=adamw8bit", "optimizer.min_8bit_size=256", "+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0",
+    result = run_cli(*_args(resumed, 4, "optimizer=adamw8bit", "optimizer.min_8bit_size=256", *NO_DROPOUT,
                             f"trainer.resume={straight / 'checkpoints' / 'step-2'}"))
     assert result.code == 0, result.err[-3000:]
     expected, got = _losses(straight), _losses(resumed)
@@ -148,9 +139,8 @@ def test_tokenizing_in_two_processes_gives_the_same_run(tmp_path):
 # ------------------------------------------------------------------ torch.compile
 @pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(tmp_path):
-    no_dropout = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
-    eager = run_cli(*_args(tmp_path / "eager", 3, "trainer.pad_to_multiple_of=64", *no_dropout))
-    compiled = run_cli(*_args(tmp_path / "compiled", 3, "trainer.compile=true", *no_dropout))
+    eager = run_cli(*_args(tmp_path / "eager", 3, "trainer.pad_to_multiple_of=64", *NO_DROPOUT))
+    compiled = run_cli(*_args(tmp_path / "compiled", 3, "trainer.compile=true", *NO_DROPOUT))
     assert eager.code == 0 and compiled.code == 0, compiled.err[-3000:]
     a, b = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     for step in a:

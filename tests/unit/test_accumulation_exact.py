@@ -18,10 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ASSETS, FIXED_TOKENIZER, ner_args, read_log, run_cli
+from conftest import ASSETS, FIXED_TOKENIZER, NO_DROPOUT, ner_args, read_log, run_cli
 
 VARLEN = ASSETS / "ner_varlen.jsonl"
-NO_DROPOUT = ["+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"]
 SPLITS = [(32, 1), (8, 4), (4, 8)]
 STEPS = 2
 TOL = 1e-5

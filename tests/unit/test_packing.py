@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from conftest import ROOT, SFT_SAMPLES
 from llmtune.engine.loss import cross_entropy_sum
 from llmtune.errors import UserError
 from llmtune.tasks import common
@@ -85,14 +85,7 @@ def test_shifted_labels_cover_response_and_eos_only():
     assert shifted_labels(ids, learned) == [X, X, 20, 21, 2, X]
 
 
-SAMPLES = [
-    {"prompt": "What is 2 plus 3?", "response": "2 plus 3 is 5."},
-    {"prompt": "Name the capital city of Peru.", "response": "The capital of Peru is Lima."},
-    {"prompt": "Sort these numbers from smallest to largest: 9, 4, 7.", "response": "4, 7, 9."},
-    {"prompt": "Turn this shopping list into numbered steps: egg x2, pear x1.", "response": "1. Buy two eggs.\n2. Buy one pear."},
-    {"prompt": "Hi", "response": "Hello there, how can I help?"},
-    {"prompt": "What is the opposite of \"hot\"?", "response": "The opposite of \"hot\" is \"cold\"."},
-] * 3
+SAMPLES = SFT_SAMPLES * 3
 
 
 @pytest.fixture(scope="module")
