@@ -28,7 +28,7 @@ NULLABLE = {
     "trainer.early_stopping_patience": 0, "trainer.max_tokens": 0, "trainer.pad_to_multiple_of": 0, "trainer.max_grad_norm": 0.0, "trainer.resume": "",
     "optimizer.lr": 0.0, "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.num_proc": 0, "data.validation_split": 0.0,
     "data.name": "", "data.config_name": "", "data.train_file": "", "data.validation_file": "", "data.test_file": "",
-    "data.columns": {}, "model.name_or_path": "", "model.tokenizer": "", "model.attn_implementation": "", "scheduler.warmup_steps": 0,
+    "data.columns": {}, "model.name_or_path": "", "model.tokenizer": "", "model.attn_implementation": "", "model.pad_vocab_to_multiple_of": 0, "scheduler.warmup_steps": 0,
     "distributed.wrap_classes": [], "distributed.nvme_path": "",
 }
 _STAMP: str | None = None
@@ -285,6 +285,9 @@ def _validate(cfg: DictConfig) -> None:
         raise UserError(f"trainer.resume={t.resume}: no such checkpoint or run directory; use trainer.resume=auto or a path to a run or checkpoints/step-N.")
     if not cfg.model.name_or_path and not cfg.model.config:
         raise UserError("model.name_or_path is empty and model.config is not set; name a model (e.g. model=minilm or model.name_or_path=./my_model).")
+    multiple = cfg.model.get("pad_vocab_to_multiple_of")
+    if multiple is not None and multiple < 1:
+        raise UserError(f"model.pad_vocab_to_multiple_of={multiple}: must be a positive integer (64 suits GPUs) or null.")
     name = cfg.model.name_or_path
     # A local path (not a hub id such as org/model) must exist.
     if name and str(name).startswith((".", "/", "~")) and not Path(str(name)).expanduser().exists():

@@ -116,12 +116,17 @@ def train_tokenizer(texts: Iterable[str], *, decoder: bool, vocab_size: int):
     )
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def load_model(model_cfg, task, tokenizer, model_kwargs: dict):
     """AutoModelFor<task> from a name/folder, or from `model.config` with fresh weights."""
     import transformers
     from omegaconf import OmegaConf
 
     auto = getattr(transformers, task.auto_class)
+    multiple = model_cfg.get("pad_vocab_to_multiple_of") or 1
     extra = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
     if model_cfg.name_or_path:
         try:
@@ -132,12 +137,15 @@ def load_model(model_cfg, task, tokenizer, model_kwargs: dict):
         arch = OmegaConf.to_container(model_cfg.config, resolve=True)
         special = {k: getattr(tokenizer, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id") if getattr(tokenizer, k) is not None}
         try:
-            config = transformers.AutoConfig.for_model(**arch, vocab_size=len(tokenizer), **special, **model_kwargs)
+            config = transformers.AutoConfig.for_model(**arch, vocab_size=_round_up(len(tokenizer), multiple), **special, **model_kwargs)
         except (ValueError, KeyError) as exc:
             raise UserError(f"model.config: {exc}; model_type must be a transformers architecture (bert, llama, gpt2, ...).") from None
         model = auto.from_config(config, **extra)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows or rows % multiple:
+        # Embedding (and tied LM head) rows: enough for the tokenizer, rounded up to the
+        # multiple; the spare rows are never a target, so training pushes their logits down.
+        model.resize_token_embeddings(max(len(tokenizer), rows), pad_to_multiple_of=multiple)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

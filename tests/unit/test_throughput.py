@@ -166,3 +166,31 @@ def test_gradient_checkpointing_on_a_model_without_support_is_a_user_error():
 
     with pytest.raises(UserError, match="does not support it; set trainer.gradient_checkpointing=false"):
         enable_gradient_checkpointing(NoCheckpointing())
+
+
+# ------------------------------------------------------------------ vocabulary padding
+def test_vocabulary_rows_are_rounded_up_for_scratch_and_loaded_models(gpt_tok, tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+    from llmtune.models import load_model
+    from llmtune.tasks.clm import CLMTask
+
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "tiny_llama.yaml")
+    assert len(gpt_tok) % 64 != 0
+    plain = load_model(cfg, CLMTask(), gpt_tok, {})
+    assert plain.get_input_embeddings().num_embeddings == len(gpt_tok)
+
+    cfg.pad_vocab_to_multiple_of = 64
+    padded = load_model(cfg, CLMTask(), gpt_tok, {})
+    rows = padded.get_input_embeddings().num_embeddings
+    assert rows % 64 == 0 and len(gpt_tok) <= rows < len(gpt_tok) + 64
+    assert padded.get_output_embeddings().weight.shape[0] == rows  # the LM head follows
+
+    plain.save_pretrained(tmp_path / "model")  # a saved model with an unpadded vocabulary
+    cfg.name_or_path, cfg.config = str(tmp_path / "model"), None
+    loaded = load_model(cfg, CLMTask(), gpt_tok, {})
+    assert loaded.get_input_embeddings().num_embeddings == rows
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():  # the original rows keep their weights
+        torch.testing.assert_close(loaded.get_input_embeddings()(ids), plain.get_input_embeddings()(ids))
