@@ -92,7 +92,7 @@ class SFTTask:
     name: str = "sft"
     max_length: int = 256
     packing: bool = False
-    attn_implementation: str | None = None   # the model's, for the packing check
+    attn_implementation: str | None = None   # the model's: flash joins packed rows into one
     builtin: str = "sft"
 
     auto_class = "AutoModelForCausalLM"
