@@ -115,46 +115,37 @@ def build_cases(names: list[str], workdir: Path, *, smoke: bool) -> list:
                           **{f"max_tokens_{n}": [f"trainer.max_tokens={n}"] for n in ((512, 1024) if smoke else (8192, 16384))}},
                 description=f"BERT-base shape, NER, skewed lengths (median ~25 tokens, max 256), batch {batch}, {precision}",
             ))
-        elif name == "llama_lora_sft_packed":
-            # The same shape and LoRA, through llmtune's SFT task: llmtune packs samples into
-            # max_len rows (per-sample position ids, no cross-attention between samples) with as
-            # many rows per step as hold the real tokens of `batch` samples; HF and the raw loop
-            # pad `batch` samples per step, labels -100 on the prompt.
+        elif name in ("llama_lora_sft_packed", "llama_lora_sft"):
             batch, steps, warmup, max_len = (4, 4, 1, 256) if smoke else (8, 30, 8, 2048)
             dims = ("hidden_size=64 intermediate_size=128 num_hidden_layers=2 num_attention_heads=4 num_key_value_heads=4" if smoke
                     else "hidden_size=2048 intermediate_size=8192 num_hidden_layers=16 num_attention_heads=32 num_key_value_heads=32")
             tok = word_tokenizer(workdir / "llama-tokenizer", 32000, pad=True)
-            n = steps * batch * 3 + batch
-            rows = []
-            for _ in range(n):
-                total = max(16, min(max_len - 2, round(rng.lognormvariate(math.log(300 if not smoke else 40), 0.8))))
-                prompt = max(4, total // 3)
-                words = [f"w{rng.randrange(31998)}" for _ in range(total)]
-                rows.append({"prompt": " ".join(words[:prompt]), "response": " ".join(words[prompt:])})
-            cases.append(Case(
-                name, "finetune",
-                ["task=sft", "task.packing=true", "model=tiny_llama", f"model.tokenizer='{tok}'",
-                 *[f"model.config.{d}" for d in dims.split()], f"model.config.max_position_embeddings={max_len}",
-                 "model.config.tie_word_embeddings=true", "peft=lora", f"task.max_length={max_len}", "optimizer.lr=2e-4"],
-                rows, batch_size=batch, steps=steps, warmup=warmup, precision=precision, packed_rows=True,
-                description=f"Llama ~1.1B shape, LoRA r=8, SFT of mixed length (median ~300, max {max_len}): llmtune packed rows vs padded batches of {batch}, {precision}",
-            ))
-        elif name == "llama_lora_sft":
-            batch, steps, warmup, max_len = (4, 4, 1, 256) if smoke else (8, 30, 8, 2048)
-            dims = ("hidden_size=64 intermediate_size=128 num_hidden_layers=2 num_attention_heads=4 num_key_value_heads=4" if smoke
-                    else "hidden_size=2048 intermediate_size=8192 num_hidden_layers=16 num_attention_heads=32 num_key_value_heads=32")
-            tok = word_tokenizer(workdir / "llama-tokenizer", 32000, pad=True)
+            llama = ["model=tiny_llama", f"model.tokenizer='{tok}'", *[f"model.config.{d}" for d in dims.split()],
+                     f"model.config.max_position_embeddings={max_len}", "model.config.tie_word_embeddings=true",
+                     "peft=lora", f"task.max_length={max_len}", "optimizer.lr=2e-4"]
             n = steps * batch * 3 + batch  # a pool to sample from: no runner needs a second epoch
-            lengths = [max(8, min(max_len - 1, round(rng.lognormvariate(math.log(300 if not smoke else 40), 0.8)))) for _ in range(n)]
-            cases.append(Case(
-                name, "pretrain",
-                ["task=clm", "task._target_=llmtune.bench.UnpackedCLMTask", "model=tiny_llama", f"model.tokenizer='{tok}'",
-                 *[f"model.config.{d}" for d in dims.split()], f"model.config.max_position_embeddings={max_len}",
-                 "model.config.tie_word_embeddings=true", "peft=lora", f"task.max_length={max_len}", "optimizer.lr=2e-4",
-                 "scheduler=linear"],
-                random_text_rows(rng, lengths, 31998), batch_size=batch, steps=steps, warmup=warmup, precision=precision,
-                description=f"Llama ~1.1B shape, LoRA r=8, SFT rows of mixed length (median ~300, max {max_len}), batch {batch}, {precision}",
-            ))
+            lengths = [max(16, min(max_len - 2, round(rng.lognormvariate(math.log(300 if not smoke else 40), 0.8)))) for _ in range(n)]
+            shape = dict(batch_size=batch, steps=steps, warmup=warmup, precision=precision)
+            if name == "llama_lora_sft_packed":
+                # llmtune's SFT task packs samples into max_len rows (per-sample position ids, no
+                # attention across samples), as many rows per step as hold the real tokens of
+                # `batch` samples; HF and the raw loop pad `batch` samples, the prompt labelled -100.
+                rows = []
+                for words in random_text_rows(rng, lengths, 31998):
+                    words = words["text"].split()
+                    cut = max(4, len(words) // 3)
+                    rows.append({"prompt": " ".join(words[:cut]), "response": " ".join(words[cut:])})
+                cases.append(Case(
+                    name, "finetune", ["task=sft", "task.packing=true", *llama], rows, packed_rows=True, **shape,
+                    description=f"Llama ~1.1B shape, LoRA r=8, SFT of mixed length (median ~300, max {max_len}): "
+                                f"llmtune packed rows vs padded batches of {batch}, {precision}",
+                ))
+            else:
+                cases.append(Case(
+                    name, "pretrain", ["task=clm", "task._target_=llmtune.bench.UnpackedCLMTask", *llama, "scheduler=linear"],
+                    random_text_rows(rng, lengths, 31998), **shape,
+                    description=f"Llama ~1.1B shape, LoRA r=8, SFT rows of mixed length (median ~300, max {max_len}), batch {batch}, {precision}",
+                ))
         else:
             raise SystemExit(f"gpu_bench: unknown case '{name}'; cases: {', '.join(CASES)}")
     return cases

@@ -119,25 +119,15 @@ MODELS = {
 def cpu_cases(names: list[str], *, size: str, steps: int, warmup: int, batch_size: int, examples: int, precision: str) -> list[Case]:
     encoder, decoder = MODELS[size]
     common = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "precision": precision}
+
+    def skewed(name: str, task: str, rows: Callable[[int], list[dict]], what: str) -> Case:
+        """A fine-tuning case on skewed lengths, with the token-budget variant."""
+        return Case(name, "finetune", [f"task={task}", f"model={encoder}", "task.max_length=256"], rows(examples),
+                    description=f"{what}, {encoder}, skewed lengths (max 256)", variants=TOKEN_BUDGET, **common)
+
     builders: dict[str, Callable[[], Case]] = {
-        "cls": lambda: Case(
-            "cls",
-            "finetune",
-            ["task=classification", f"model={encoder}", "task.max_length=256"],
-            skewed_classification_rows(examples),
-            description=f"classification, {encoder}, skewed lengths (max 256)",
-            variants=TOKEN_BUDGET,
-            **common,
-        ),
-        "ner": lambda: Case(
-            "ner",
-            "finetune",
-            ["task=ner", f"model={encoder}", "task.max_length=256"],
-            skewed_ner_rows(examples),
-            description=f"NER, {encoder}, skewed lengths (max 256)",
-            variants=TOKEN_BUDGET,
-            **common,
-        ),
+        "cls": lambda: skewed("cls", "classification", skewed_classification_rows, "classification"),
+        "ner": lambda: skewed("ner", "ner", skewed_ner_rows, "NER"),
         "mlm": lambda: Case(
             "mlm",
             "pretrain",

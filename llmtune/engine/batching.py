@@ -193,3 +193,13 @@ def pad_to_multiple(batch: dict, multiple: int, pad_id: int) -> dict:
             value = torch.nn.functional.pad(value, (0, extra), value=fill)
         out[key] = value
     return out
+
+
+def bucketed(collate, tcfg, tokenizer):
+    """The collator, with batch lengths rounded up to trainer.pad_to_multiple_of, or to 64
+    under trainer.compile (a few repeating shapes to compile instead of one per length)."""
+    multiple = tcfg.get("pad_to_multiple_of") or (64 if tcfg.get("compile") else None)
+    if not multiple:
+        return collate
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return lambda features: pad_to_multiple(collate(features), multiple, pad_id)

@@ -7,11 +7,9 @@ model, optimizer and scheduler; `prepare`; the loop; evaluation with gather_for_
 - Exact accumulation: a step's loss is summed over every labelled position of its micro-batches
   and divided by their total count (across processes too), so any split of the same step batch
   into micro-batches and processes gives the same update.
-- Losses are summed on the device and read once per log step. On CPU the finite check (loss and
-  gradient norm) reads both every step and stops a diverging run before its optimizer step. On a
-  GPU with fused AdamW that read would stall the launch queue every step, so the check stays on
-  the device: the fused kernel skips the update when a value is not finite (`found_inf`, as the
-  AMP grad scaler uses it), and the host reads the count at the next log, evaluation or save.
+- Losses are summed on the device and read once per log step. The finite check (engine/finite.py)
+  keeps a NaN/inf step from updating the weights: read every step on CPU, left on the device and
+  read at the next log, evaluation or save on a GPU with fused AdamW.
 - SIGTERM/SIGINT finish the step, write a checkpoint and exit 143/130; out-of-memory and
   non-finite values exit 3 with a hint; neither writes a checkpoint of a broken state.
 """
@@ -28,9 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmtune.engine import checkpoint
-from llmtune.engine.batching import FixedBatches, pad_to_multiple
+from llmtune.engine.batching import FixedBatches, bucketed
 from llmtune.engine.callbacks import Callback, EarlyStopping
 from llmtune.engine.checkpoint import TrainState
+from llmtune.engine.finite import FiniteGuard
 from llmtune.engine.loss import count_targets, cross_entropy_sum
 from llmtune.engine.signals import StopRequest
 from llmtune.errors import Interrupted, TrainingError, UserError
@@ -99,22 +98,6 @@ def _is_better(value: float, best: float | None, greater: bool) -> bool:
     return best is None or (value > best if greater else value < best)
 
 
-def bucketed(collate, multiple: int | None, pad_id: int):
-    """The collator, with batch lengths rounded up to `multiple` (fewer shapes to compile)."""
-    if not multiple:
-        return collate
-    return lambda features: pad_to_multiple(collate(features), multiple, pad_id)
-
-
-def pad_multiple(tcfg) -> int | None:
-    """trainer.pad_to_multiple_of, or 64 under trainer.compile so shapes repeat."""
-    return tcfg.get("pad_to_multiple_of") or (64 if tcfg.get("compile") else None)
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
 def eval_loader(trainer: Trainer, split: str):
     """A length-sorted (less padding) loader over a split, sharded by accelerate."""
     data = trainer.datasets[split]
@@ -122,7 +105,7 @@ def eval_loader(trainer: Trainer, split: str):
     order = sorted(range(len(data)), key=lambda i: -lengths[i])
     size = trainer.tcfg.eval_batch_size
     batches = [order[i : i + size] for i in range(0, len(order), size)]
-    collate = bucketed(trainer.task.collator(trainer.tokenizer, train=False), pad_multiple(trainer.tcfg), _pad_id(trainer.tokenizer))
+    collate = bucketed(trainer.task.collator(trainer.tokenizer, train=False), trainer.tcfg, trainer.tokenizer)
     loader = DataLoader(data, batch_sampler=FixedBatches(batches, size), collate_fn=collate)
     return trainer.accelerator.prepare_data_loader(loader)
 
@@ -147,15 +130,9 @@ class _Fit:
         self.last_eval_step = -1
         self.train_loss: float | None = None
         self.grad_norm = None
-        self.nonfinite = 0
+        self.finite = FiniteGuard(self.acc, self.optimizer, self.t.skip_nonfinite, trainer.run_dir / "checkpoints")
         device = self.acc.device
         self.logits = getattr(trainer.task, "logits", model_logits)
-        # Device-side finite check (see the module docstring): the number of skipped updates
-        # and the first step that had one, read by the host only at logs, evaluations and saves.
-        self.deferred = _defer_finite_check(self.acc, trainer.optimizer)
-        self.bad_count = torch.zeros((), device=device)
-        self.bad_first = torch.zeros((), device=device)
-        self.bad_seen = 0
         self.window = {"loss": torch.zeros((), device=device), "targets": 0, "tokens": 0, "t0": time.perf_counter()}
 
     # ------------------------------------------------------------------ the loop
@@ -206,7 +183,7 @@ class _Fit:
         remaining_steps = (len(micro) - state.micro_in_epoch) // t.grad_accum
         if remaining_steps <= 0:
             return False
-        collate = bucketed(self.task.collator(trainer.tokenizer, train=True), pad_multiple(t), _pad_id(trainer.tokenizer))
+        collate = bucketed(self.task.collator(trainer.tokenizer, train=True), t, trainer.tokenizer)
         source = _StepBatches(trainer.datasets["train"], micro, collate, trainer.seed, state.epoch)
         loader = DataLoader(
             source, batch_size=None, sampler=range(state.micro_in_epoch, len(micro)),
@@ -233,7 +210,7 @@ class _Fit:
             if stepped:
                 max_norm = t.max_grad_norm or float("inf")  # inf: measure the norm, clip nothing
                 self.grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), max_norm)
-                stepped = self._flag_finite() if self.deferred else self._check_finite()
+                stepped, self.step_loss = self.finite.check(state.step + 1, self.step_loss, self.grad_norm)
         except torch.OutOfMemoryError as exc:
             raise TrainingError(f"out of memory at step {state.step + 1}{self._rank()}: {OOM_HINT}. No checkpoint was written for this step.") from exc
         if stepped:
@@ -242,8 +219,7 @@ class _Fit:
             state.step += 1
             targets, tokens = counts
             self.window["loss"] += self.step_loss
-            # A device-skipped step's labelled positions leave the average too (no host read).
-            self.window["targets"] += torch.where(self.step_bad, 0, targets) if self.deferred else targets
+            self.window["targets"] += self.finite.targets(targets)
             self.window["tokens"] += tokens
             state.tokens_seen += tokens
         self.optimizer.zero_grad(set_to_none=True)
@@ -277,61 +253,6 @@ class _Fit:
         self.step_loss = loss_total
         return local, tokens
 
-    def _check_finite(self) -> bool:
-        """Stop (or, with trainer.skip_nonfinite, skip) before the optimizer step when the loss
-        or the gradient norm is not finite. With fp16 an infinite gradient is the loss scaler's
-        business (it skips the step and lowers the scale), so only the loss is checked."""
-        values = [self.step_loss]
-        # fp16: an infinite gradient is the grad scaler's business. DeepSpeed has stepped
-        # already (inside backward) and reports its norm as a float, or None.
-        if self.acc.mixed_precision != "fp16" and isinstance(self.grad_norm, torch.Tensor):
-            values.append(self.grad_norm)
-        if bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()):
-            return True
-        self.nonfinite += 1
-        norm = f"{float(self.grad_norm):.4g}" if self.grad_norm is not None else "n/a"
-        what = f"loss {float(self.step_loss):.4g}, gradient norm {norm}"
-        if self.nonfinite <= self.t.skip_nonfinite:
-            log.warning("step %d%s: non-finite values (%s); batch skipped (%d of %d allowed by trainer.skip_nonfinite)",
-                        self.state.step + 1, self._rank(), what, self.nonfinite, self.t.skip_nonfinite)
-            return False
-        previous = checkpoint.latest_checkpoint(self.trainer.run_dir / "checkpoints")
-        raise TrainingError(
-            f"step {self.state.step + 1}{self._rank()}: non-finite values ({what}); stopped before the optimizer step, "
-            f"no checkpoint of this state was written (last good: {previous or 'none'}). "
-            "Lower optimizer.lr, keep trainer.max_grad_norm set, prefer bf16 to fp16, or allow a few bad batches with trainer.skip_nonfinite=N."
-        )
-
-    def _flag_finite(self) -> bool:
-        """The device-side check: tell the fused optimizer to skip this update when a value is
-        not finite, and count it; nothing is read back here. The step still counts (its batch
-        is used up), and its loss is left out of the logged average."""
-        bad = ~torch.isfinite(torch.stack([self.step_loss.float().reshape(()), self.grad_norm.float().reshape(())])).all()
-        _inner(self.optimizer).found_inf = bad.float()
-        self.step_bad = bad
-        self.bad_first = torch.where((self.bad_count == 0) & bad, torch.tensor(float(self.state.step + 1), device=bad.device), self.bad_first)
-        self.bad_count += bad
-        self.step_loss = torch.where(bad, torch.zeros_like(self.step_loss), self.step_loss)
-        return True
-
-    def _read_deferred(self) -> None:
-        """Host side of the device-side check: warn about updates skipped since the last read,
-        stop once more than trainer.skip_nonfinite were."""
-        count, first = (int(v) for v in torch.stack([self.bad_count, self.bad_first]).tolist())
-        if count == self.bad_seen:
-            return
-        new, self.bad_seen = count - self.bad_seen, count
-        if count <= self.t.skip_nonfinite:
-            log.warning("%d update(s) with non-finite values skipped on the device by step %d%s (%d of %d allowed by trainer.skip_nonfinite)",
-                        new, self.state.step, self._rank(), count, self.t.skip_nonfinite)
-            return
-        previous = checkpoint.latest_checkpoint(self.trainer.run_dir / "checkpoints")
-        raise TrainingError(
-            f"step {first}{self._rank()}: non-finite values (loss or gradient norm); its update was not applied, "
-            f"and the run stopped at step {self.state.step} without writing a checkpoint of it (last good: {previous or 'none'}). "
-            "Lower optimizer.lr, keep trainer.max_grad_norm set, prefer bf16 to fp16, or allow a few bad batches with trainer.skip_nonfinite=N."
-        )
-
     def _rank(self) -> str:
         return f" (rank {self.acc.process_index})" if self.acc.num_processes > 1 else ""
 
@@ -344,8 +265,8 @@ class _Fit:
         at_log = state.step % t.log_every == 0 or is_last
         at_eval = "validation" in trainer.datasets and ((t.eval_every and state.step % t.eval_every == 0) or is_last)
         at_save = bool(t.save_every and state.step % t.save_every == 0)
-        if self.deferred and (at_log or at_eval or at_save or stop.signum):
-            self._read_deferred()  # before anything is logged or saved
+        if at_log or at_eval or at_save or stop.signum:
+            self.finite.read(state.step)  # the device-side check, before anything is logged or saved
         if at_log:
             self.train_loss = self._log()
         saved = False
@@ -442,21 +363,6 @@ class _Fit:
         checkpoint.load_weights(path, self.model, self.acc)  # sharded under FSDP: every process loads its part
         log.info("loaded the best checkpoint (step %d, %s %.4f) for final/ and test", state.best_step, task.main_metric, state.best_metric)
         return self.evaluate("validation")
-
-
-def _inner(optimizer):
-    """The torch optimizer inside accelerate's wrapper (the fused kernel reads found_inf there)."""
-    return getattr(optimizer, "optimizer", optimizer)
-
-
-def _defer_finite_check(accelerator, optimizer) -> bool:
-    """Keep the finite check on the device where a per-step read costs: a GPU, with an optimizer
-    whose fused kernel honours found_inf. fp16 has its own grad scaler doing the same."""
-    fused = bool(getattr(optimizer, "defaults", {}).get("fused"))
-    from accelerate.utils import DistributedType
-
-    return (accelerator.device.type == "cuda" and fused and accelerator.mixed_precision != "fp16"
-            and accelerator.distributed_type != DistributedType.DEEPSPEED)  # DeepSpeed steps inside backward
 
 
 def _max_across(value: torch.Tensor) -> float:

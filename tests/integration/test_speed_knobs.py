@@ -60,10 +60,10 @@ def test_token_budget_must_be_a_positive_integer(tmp_path):
 def _deferred_check_with_nan_at_call(n: int):
     """Force the GPU code path (finite check left on the device, fused AdamW skipping the
     update) and make the n-th training loss NaN."""
-    from llmtune.engine import loop
+    from llmtune.engine import finite
 
     with nan_loss_at_call(n), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "_defer_finite_check", lambda accelerator, optimizer: True)
+        mp.setattr(finite, "defer_check", lambda accelerator, optimizer: True)
         yield
 
 
