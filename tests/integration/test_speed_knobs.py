@@ -129,10 +129,20 @@ def test_adamw8bit_without_bitsandbytes_names_the_extra(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ parallel tokenization
-def test_tokenizing_in_two_processes_gives_the_same_run(tmp_path):
+def test_tokenizing_in_two_processes_gives_the_same_run(tmp_path, monkeypatch):
+    from datasets import DatasetDict
+
+    real_map, seen = DatasetDict.map, []
+
+    def map(self, *args, **kwargs):  # record what reaches datasets
+        seen.append(kwargs.get("num_proc"))
+        return real_map(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetDict, "map", map)
     one = run_cli(*_args(tmp_path / "one", 2, "data.cache=false"))
     two = run_cli(*_args(tmp_path / "two", 2, "data.cache=false", "data.num_proc=2"))
     assert one.code == 0 and two.code == 0, two.err[-3000:]
+    assert seen == [None, 2]  # the setting reached the tokenizing map, and only the second run's
     assert _losses(tmp_path / "one") == _losses(tmp_path / "two")
 
 
