@@ -32,8 +32,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PY) -m venv $(dir $(BIN))
 	@# CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -q "hatchling>=1.21" editables
-	$(PYTHON) -m pip install -q --no-build-isolation -e ".[test]"
+	@# Build isolation on purpose: an sdist-only dependency (seqeval) must build with a fresh
+	@# setuptools of its own, not with whatever this venv holds (torch upgrades it to a release
+	@# that writes version 0.0.0, and pip then finds "no matching distribution").
+	$(PYTHON) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 
 run: install
@@ -49,7 +51,7 @@ bench: install
 	$(BIN)/llmtune bench
 
 lint: install
-	$(PYTHON) -m compileall -q llmtune tests
+	$(PYTHON) -m ruff check llmtune tests benchmarks
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache build dist

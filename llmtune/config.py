@@ -257,14 +257,21 @@ def validate(cfg: DictConfig) -> None:
         _validate(cfg)
     except UserError:
         raise
-    except Exception as exc:  # an interpolation that does not resolve, a wrong node type...
+    except Exception as exc:  # noqa: BLE001 -- any failure here (an interpolation that does not resolve, a wrong node type) is the user's config: one line
         raise UserError(f"invalid configuration: {_first_line(exc)}") from None
 
 
 def _validate(cfg: DictConfig) -> None:
-    from llmtune.data.readers import detect_format
+    from llmtune.engine import distributed
 
-    t = cfg.trainer
+    _validate_trainer(cfg.trainer)
+    _validate_optimizer(cfg.optimizer)
+    _validate_model(cfg.model)
+    _validate_data(cfg.data)
+    distributed.check(cfg)
+
+
+def _validate_trainer(t: DictConfig) -> None:
     if t.precision not in PRECISIONS:
         raise UserError(f"trainer.precision={t.precision!r}: expected one of {', '.join(PRECISIONS)}.{did_you_mean(str(t.precision), PRECISIONS)}")
     if t.precision == "fp16" and not _cuda_available():
@@ -278,33 +285,41 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("batch_size", "grad_accum", "eval_batch_size"):
         if t[key] < 1:
             raise UserError(f"trainer.{key}={t[key]}: must be a positive integer.")
-    lr = cfg.optimizer.lr
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-        raise UserError(f"optimizer.lr={cfg.optimizer.lr}: must be positive, e.g. optimizer.lr=3e-4.")
     if t.resume not in (None, "auto") and not Path(str(t.resume)).exists():
         raise UserError(f"trainer.resume={t.resume}: no such checkpoint or run directory; use trainer.resume=auto or a path to a run or checkpoints/step-N.")
-    if not cfg.model.name_or_path and not cfg.model.config:
+
+
+def _validate_optimizer(o: DictConfig) -> None:
+    lr = o.lr
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        raise UserError(f"optimizer.lr={lr}: must be positive, e.g. optimizer.lr=3e-4.")
+
+
+def _validate_model(m: DictConfig) -> None:
+    if not m.name_or_path and not m.config:
         raise UserError("model.name_or_path is empty and model.config is not set; name a model (e.g. model=minilm or model.name_or_path=./my_model).")
-    multiple = cfg.model.get("pad_vocab_to_multiple_of")
+    multiple = m.get("pad_vocab_to_multiple_of")
     if multiple is not None and multiple < 1:
         raise UserError(f"model.pad_vocab_to_multiple_of={multiple}: must be a positive integer (64 suits GPUs) or null.")
-    name = cfg.model.name_or_path
+    name = m.name_or_path
     # A local path (not a hub id such as org/model) must exist.
     if name and str(name).startswith((".", "/", "~")) and not Path(str(name)).expanduser().exists():
         raise UserError(f"model.name_or_path={name}: no such directory; point it at a folder with config.json (e.g. a run's final/).")
+
+
+def _validate_data(d: DictConfig) -> None:
+    from llmtune.data.readers import detect_format
+
     for key in ("train_file", "validation_file", "test_file"):
-        value = cfg.data.get(key)
+        value = d.get(key)
         if value:
             path = Path(str(value)).expanduser()
             if not path.is_file():
                 hint = "it is a directory; name a file" if path.is_dir() else "check the path (relative paths are resolved from the directory you ran llmtune in)"
                 raise UserError(f"data.{key}: no such file {path.resolve()}; {hint}.")
             detect_format(path)  # raises on an unknown extension
-    if (cfg.data.validation_file or cfg.data.test_file) and not cfg.data.train_file and not cfg.data.name:
+    if (d.validation_file or d.test_file) and not d.train_file and not d.name:
         raise UserError("data.validation_file/test_file is set but data.train_file is not; give data.train_file too.")
-    from llmtune.engine import distributed
-
-    distributed.check(cfg)
 
 
 def _cuda_available() -> bool:

@@ -199,7 +199,7 @@ def _parse_delimited(text: str, path: Path, key: str, delimiter: str) -> list[di
                         "or fix that row."
                     )
                 else:
-                    rows.append(dict(zip(header, fields)))
+                    rows.append(dict(zip(header, fields, strict=True)))
             start = reader.line_num + 1
     except csv.Error as err:
         raise UserError(

@@ -41,26 +41,34 @@ def check(cfg) -> None:
     if strategy not in STRATEGIES:
         raise UserError(f"distributed.strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}; pick an option with distributed=<name>.")
     if strategy == "fsdp":
-        classes = d.get("wrap_classes")
-        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes)):
-            raise UserError(f"distributed.wrap_classes={classes}: expected a list of module class names, e.g. distributed.wrap_classes=[BertLayer], or null.")
-        if d.activation_checkpointing and cfg.trainer.get("gradient_checkpointing"):
-            raise UserError("distributed.activation_checkpointing and trainer.gradient_checkpointing are both on; they do the same thing, so turn one off.")
+        _check_fsdp(d, cfg.trainer)
     if strategy == "deepspeed":
-        if d.zero_stage not in (2, 3):
-            raise UserError(f"distributed.zero_stage={d.zero_stage}: llmtune ships ZeRO stages 2 and 3 (distributed=deepspeed_zero2 or deepspeed_zero3).")
-        for key in ("offload_optimizer", "offload_params"):
-            if d[key] not in OFFLOAD_DEVICES:
-                raise UserError(f"distributed.{key}={d[key]!r}: expected one of {', '.join(OFFLOAD_DEVICES)}.")
-        if d.offload_params != "none" and d.zero_stage != 3:
-            raise UserError("distributed.offload_params needs ZeRO stage 3 (only stage 3 shards parameters); use distributed=deepspeed_zero3.")
-        if "nvme" in (d.offload_optimizer, d.offload_params) and not d.nvme_path:
-            raise UserError("distributed: offload to nvme needs distributed.nvme_path=<a folder on a fast local disk>.")
-        # DeepSpeed steps its optimizer itself at every accumulation boundary and scales the loss
-        # by its own step count; the loop already normalises a step's loss over all of its
-        # micro-batches, so the two would disagree for grad_accum > 1.
-        if cfg.trainer.grad_accum != 1:
-            raise UserError(f"trainer.grad_accum={cfg.trainer.grad_accum}: distributed=deepspeed_* runs with trainer.grad_accum=1; raise trainer.batch_size (or the process count) instead.")
+        _check_deepspeed(d, cfg.trainer)
+
+
+def _check_fsdp(d, trainer) -> None:
+    classes = d.get("wrap_classes")
+    if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes)):
+        raise UserError(f"distributed.wrap_classes={classes}: expected a list of module class names, e.g. distributed.wrap_classes=[BertLayer], or null.")
+    if d.activation_checkpointing and trainer.get("gradient_checkpointing"):
+        raise UserError("distributed.activation_checkpointing and trainer.gradient_checkpointing are both on; they do the same thing, so turn one off.")
+
+
+def _check_deepspeed(d, trainer) -> None:
+    if d.zero_stage not in (2, 3):
+        raise UserError(f"distributed.zero_stage={d.zero_stage}: llmtune ships ZeRO stages 2 and 3 (distributed=deepspeed_zero2 or deepspeed_zero3).")
+    for key in ("offload_optimizer", "offload_params"):
+        if d[key] not in OFFLOAD_DEVICES:
+            raise UserError(f"distributed.{key}={d[key]!r}: expected one of {', '.join(OFFLOAD_DEVICES)}.")
+    if d.offload_params != "none" and d.zero_stage != 3:
+        raise UserError("distributed.offload_params needs ZeRO stage 3 (only stage 3 shards parameters); use distributed=deepspeed_zero3.")
+    if "nvme" in (d.offload_optimizer, d.offload_params) and not d.nvme_path:
+        raise UserError("distributed: offload to nvme needs distributed.nvme_path=<a folder on a fast local disk>.")
+    # DeepSpeed steps its optimizer itself at every accumulation boundary and scales the loss
+    # by its own step count; the loop already normalises a step's loss over all of its
+    # micro-batches, so the two would disagree for grad_accum > 1.
+    if trainer.grad_accum != 1:
+        raise UserError(f"trainer.grad_accum={trainer.grad_accum}: distributed=deepspeed_* runs with trainer.grad_accum=1; raise trainer.batch_size (or the process count) instead.")
 
 
 # --------------------------------------------------------------------------- plugin kwargs

@@ -84,7 +84,7 @@ class _StepBatches(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         rows = self.data[self.micro[k]]
-        features = [dict(zip(rows, values)) for values in zip(*rows.values())]
+        features = [dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + k)
             return self.collate(features)

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from llmtune.errors import UserError
 from llmtune.engine.loss import cross_entropy_sum
+from llmtune.errors import UserError
 from llmtune.tasks.base import IGNORE_INDEX
 
 

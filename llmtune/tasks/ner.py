@@ -95,8 +95,8 @@ class NERTask:
             preds = accelerator.pad_across_processes(logits.argmax(-1), dim=1, pad_index=IGNORE_INDEX)
             labels = accelerator.pad_across_processes(labels, dim=1, pad_index=IGNORE_INDEX)
             preds, labels = accelerator.gather_for_metrics((preds, labels))
-            for p_row, g_row in zip(preds.cpu().tolist(), labels.cpu().tolist()):
-                keep = [(p, g) for p, g in zip(p_row, g_row) if g != IGNORE_INDEX]
+            for p_row, g_row in zip(preds.cpu().tolist(), labels.cpu().tolist(), strict=True):
+                keep = [(p, g) for p, g in zip(p_row, g_row, strict=True) if g != IGNORE_INDEX]
                 pred_tags.append([self.labels[p] for p, _ in keep])
                 gold_tags.append([self.labels[g] for _, g in keep])
 

@@ -33,7 +33,7 @@ def test_same_losses_and_gradients(runs):
     for key in ((4, 2), (2, 4)):
         records = _train(runs[key])
         assert [r["step"] for r in records] == [1, 2]
-        for a, b in zip(reference, records):
+        for a, b in zip(reference, records, strict=True):
             assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), key
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), key
 

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ASSETS, FIXED_TOKENIZER, cls_args, lm_args, nan_loss_at_call, ner_args, read_log, run_cli
+
 BATCH = {"boundary": 3, "mid": 4}  # step 4 is / is not the end of an epoch on the 12 sentences
 
 
@@ -69,7 +70,7 @@ def _assert_tensors_equal(a, b, where: str = "") -> None:
             _assert_tensors_equal(a[key], b[key], f"{where}/{key}")
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_tensors_equal(x, y, f"{where}[{i}]")
     else:
         assert a == b, (where, a, b)

@@ -53,7 +53,7 @@ def _first_step_by_hand(trainer) -> dict:
             widths.append(labels.shape[1])
     return {
         "exact": sum(sums) / sum(counts),
-        "naive": sum(s / c for s, c in zip(sums, counts)) / accum,
+        "naive": sum(s / c for s, c in zip(sums, counts, strict=True)) / accum,
         "counts": counts,
         "widths": widths,
     }

@@ -33,7 +33,7 @@ def text() -> dict[str, list[dict]]:
 def _entities(row: dict) -> list[tuple[str, str]]:
     """(type, surface string) of every entity in an IOB2-tagged row."""
     found: list[tuple[str, list[str]]] = []
-    for token, tag in zip(row["tokens"], row["tags"]):
+    for token, tag in zip(row["tokens"], row["tags"], strict=True):
         if tag.startswith("B-"):
             found.append((tag[2:], [token]))
         elif tag.startswith("I-"):
@@ -109,7 +109,7 @@ def test_ner_has_every_type_and_zero_to_three_entities(ner: dict[str, list[dict]
 def test_ner_has_multi_token_entities_and_separate_punctuation(ner: dict[str, list[dict]]) -> None:
     rows = ner["train"]
     assert any(tag.startswith("I-") for row in rows for tag in row["tags"])
-    punctuation = [tag for row in rows for token, tag in zip(row["tokens"], row["tags"]) if token in ",."]
+    punctuation = [tag for row in rows for token, tag in zip(row["tokens"], row["tags"], strict=True) if token in ",."]
     assert punctuation and set(punctuation) == {"O"}
 
 

@@ -21,7 +21,7 @@ def _encode(tokenizer, texts):
 def test_classification_collator_pads_and_labels_are_one_per_example(bert_tok):
     texts = ["The market opens.", "A baker sets out loaves that are still warm from the oven.", "Hi"]
     features = _encode(bert_tok, texts)
-    for f, label in zip(features, [1, 0, 2]):
+    for f, label in zip(features, [1, 0, 2], strict=True):
         f["labels"] = label
     batch = ClassificationTask().collator(bert_tok, train=True)(features)
     longest = max(len(f["input_ids"]) for f in features)

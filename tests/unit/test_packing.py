@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from itertools import pairwise
 
 import pytest
 import torch
@@ -152,11 +153,11 @@ def test_packing_keeps_samples_whole_and_truncates_long_ones(sft_tok, caplog):
     assert len(packed) < len(plain)
     # Cutting every packed row at its position restarts gives back exactly the unpacked samples.
     pieces = []
-    for ids, labels, positions in zip(packed["input_ids"], packed["labels"], packed["position_ids"]):
+    for ids, labels, positions in zip(packed["input_ids"], packed["labels"], packed["position_ids"], strict=True):
         starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
-        assert positions == [p for a, b in zip(starts, starts[1:]) for p in range(b - a)]
-        pieces += [(ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:])]
-    assert sorted(pieces) == sorted(zip(plain["input_ids"], plain["labels"]))
+        assert positions == [p for a, b in pairwise(starts) for p in range(b - a)]
+        pieces += [(ids[a:b], labels[a:b]) for a, b in pairwise(starts)]
+    assert sorted(pieces) == sorted(zip(plain["input_ids"], plain["labels"], strict=True))
     again = SFTTask(max_length=96, packing=True).preprocess(_raw(rows), sft_tok)["train"]
     assert again["input_ids"] == packed["input_ids"]  # deterministic
 
