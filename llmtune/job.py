@@ -13,89 +13,79 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from llmtune.errors import UserError
+from llmtune.engine.callbacks import Callback
+from llmtune.rundir import RUN_MARKERS, RunDir, check_run_dir, hydra_record, run_dir_of
 
 log = logging.getLogger("llmtune")
-RUN_MARKERS = ("config.yaml", "metrics.json", "train_log.jsonl", "checkpoints")
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    """Hydra's job directory when Hydra runs the job (a sweep job gets its own), else output_dir."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:
-        return Path(str(cfg.output_dir)).expanduser().resolve()
-
-
-def check_run_dir(run_dir: Path, tcfg) -> None:
-    """Refuse to mix two runs in one directory: a fresh run needs an empty one, unless it
-    resumes the run there or the user asked to replace it."""
-    if tcfg.resume is not None:
-        return
-    found = [m for m in RUN_MARKERS if (run_dir / m).exists()]
-    if not found:
-        return
-    if not tcfg.overwrite_output_dir:
-        raise UserError(
-            f"output_dir {run_dir} already holds a run ({', '.join(found)}); pick a new output_dir, "
-            "continue it with trainer.resume=auto, or replace it with trainer.overwrite_output_dir=true."
-        )
-    log.warning("replacing the run in %s (trainer.overwrite_output_dir=true)", run_dir)
-    for name in (*RUN_MARKERS, "final", "run.log"):
-        target = run_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+# The run-directory policy lives in llmtune.rundir; these names stay importable from here.
+__all__ = ["RUN_MARKERS", "check_run_dir", "run_dir_of", "run_job"]
 
 
 def run_job(cfg: DictConfig) -> float | None:
     from llmtune.builders import build_accelerator, build_trainer
     from llmtune.config import validate
-    from llmtune.engine.distributed import full_weights
     from llmtune.engine.loop import fit
     from llmtune.ui.console import setup_logging
 
     validate(cfg)
     run_dir = run_dir_of(cfg)
+    hydra_files = hydra_record(cfg)  # before output_dir is set below
     accelerator = build_accelerator(cfg)
-    if accelerator.is_main_process:
-        check_run_dir(run_dir, cfg.trainer)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    setup_logging(accelerator.is_main_process, run_dir / "run.log")
-    with open_dict(cfg):
-        cfg.output_dir = str(run_dir)
-    if accelerator.is_main_process:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    log.info("llmtune %s: task=%s model=%s -> %s", cfg.command, cfg.task.name, cfg.model.name_or_path or cfg.model.config.model_type, run_dir)
-
+    run = RunDir(run_dir, cfg.trainer, accelerator.is_main_process)
     try:
-        trainer, method = build_trainer(cfg, accelerator, run_dir)
-        result = fit(trainer)
-        # Sharded weights (FSDP, ZeRO-3) are gathered by every process, onto the main one.
-        weights = full_weights(trainer.model, accelerator)
-        if accelerator.is_main_process:
-            _write_final(trainer, method, cfg, run_dir / "final", weights)
-            _write_metrics(trainer, result, cfg, run_dir)
+        run.claim()  # the lock, and the checks on what the directory holds; writes nothing else
         accelerator.wait_for_everyone()
+        setup_logging(accelerator.is_main_process)
+        run.hold_log()
+        with open_dict(cfg):
+            cfg.output_dir = str(run_dir)
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        log.info("llmtune %s: task=%s model=%s -> %s", cfg.command, cfg.task.name, cfg.model.name_or_path or cfg.model.config.model_type, run_dir)
+        trainer, method = build_trainer(cfg, accelerator, run_dir)
+        # The directory is written once fit() has passed the resume checks, just before training.
+        trainer.callbacks.insert(0, _Commit(run, config_yaml, hydra_files))
+        result = fit(trainer)
+        _finish(trainer, method, result, cfg, run_dir)
     finally:
         _shutdown(accelerator)
+        run.release()
     validation = result.metrics.get("validation") or {}
     return validation.get(trainer.task.main_metric)
+
+
+class _Commit(Callback):
+    """Commits the run directory at the start of training (after the resume checks)."""
+
+    def __init__(self, run: RunDir, config_yaml: str, hydra_files: dict[str, str]) -> None:
+        self.run, self.config_yaml, self.hydra_files = run, config_yaml, hydra_files
+
+    def on_train_start(self, state, total_steps):
+        self.run.commit(self.config_yaml, self.hydra_files, state.step)
+
+
+def _finish(trainer, method, result, cfg, run_dir: Path) -> None:
+    from llmtune.engine.distributed import full_weights
+
+    # Sharded weights (FSDP, ZeRO-3) are gathered by every process, onto the main one.
+    weights = full_weights(trainer.model, trainer.accelerator)
+    if trainer.accelerator.is_main_process:
+        _write_final(trainer, method, cfg, run_dir / "final", weights)
+        _write_metrics(trainer, result, cfg, run_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def _write_final(trainer, method, cfg, final: Path, weights: dict | None = None) -> None:
     final.mkdir(parents=True, exist_ok=True)
     method.save(trainer.model, final, state_dict=weights)
     trainer.tokenizer.save_pretrained(final)
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if method.is_adapter:
-        # The base model's config, with the task's label maps, so the folder is self-describing.
-        base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        # The base model's config, with the task's label maps, so the folder is self-describing
+        # and a base loaded with it (README) keeps the label names.
         base.config.save_pretrained(final)
     task = trainer.task
     info = {
@@ -104,6 +94,9 @@ def _write_final(trainer, method, cfg, final: Path, weights: dict | None = None)
         "labels": getattr(task, "labels", None) or None,
         "peft": method.method,
         "base_model": cfg.model.name_or_path,
+        # What was loaded: an absolute local folder (for a hub id with a packaged copy, that copy),
+        # which plain transformers and peft load offline; adapter_config.json records the same.
+        "base_model_path": getattr(base, "name_or_path", None) or None,
         "main_metric": task.main_metric,
     }
     (final / "llmtune.json").write_text(json.dumps(info, indent=1))
@@ -124,6 +117,8 @@ def _write_metrics(trainer, result, cfg, run_dir: Path) -> None:
     }
     if result.initial is not None:
         metrics["initial_validation"] = result.initial
+    if result.weights is not None:  # final vs best checkpoint: both scores, which shipped and why
+        metrics["weights"] = result.weights
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shown = {k: v for k, v in result.metrics.items() if v}
     if result.initial is not None:

@@ -31,9 +31,7 @@ def setup_logging(is_main: bool, log_file: Path | None = None) -> None:
         plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(plain)
     if log_file is not None and is_main:
-        file_handler = logging.FileHandler(log_file)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(file_handler)
+        log.addHandler(run_log_handler(log_file))
     # Library chatter (missing-weights reports, hub retries) says nothing llmtune does not.
     for name in ("transformers", "datasets", "accelerate", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -42,6 +40,13 @@ def setup_logging(is_main: bool, log_file: Path | None = None) -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+
+
+def run_log_handler(log_file: Path) -> logging.Handler:
+    """The plain copy of the log in the run directory (run.log), appended to."""
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    return handler
 
 
 class TrainProgress:
