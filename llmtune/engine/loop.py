@@ -10,17 +10,22 @@ model, optimizer and scheduler; `prepare`; the loop; evaluation with gather_for_
 - Losses are summed on the device and read once per log step. The finite check (engine/finite.py)
   keeps a NaN/inf step from updating the weights: read every step on CPU, left on the device and
   read at the next log, evaluation or save on a GPU with fused AdamW.
-- SIGTERM/SIGINT finish the step, write a checkpoint and exit 143/130; out-of-memory and
-  non-finite values exit 3 with a hint; neither writes a checkpoint of a broken state.
+- SIGTERM/SIGINT finish the step, write a checkpoint and exit 143/130; during an evaluation
+  they end it between batches and stop the same way. Out-of-memory and non-finite values exit 3
+  with a hint; neither writes a checkpoint of a broken state.
+- final/ and the test split use the final weights unless trainer.load_best asks for the best
+  checkpoint and it beats them by more than the validation metric's noise (_choose_weights).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,7 +36,7 @@ from llmtune.engine.callbacks import Callback, EarlyStopping
 from llmtune.engine.checkpoint import TrainState
 from llmtune.engine.finite import FiniteGuard
 from llmtune.engine.loss import count_targets, cross_entropy_sum
-from llmtune.engine.signals import StopRequest
+from llmtune.engine.signals import TRAINING_PLAN, EvaluationStopped, StopBetweenBatches, StopRequest
 from llmtune.errors import Interrupted, TrainingError, UserError
 from llmtune.tasks.common import model_logits
 
@@ -68,6 +73,7 @@ class FitResult:
     initial: dict | None              # validation metrics at step 0, when evaluated
     train_loss: float | None
     runtime_s: float
+    weights: dict | None = None       # final vs best checkpoint: both validation scores, which shipped, why
 
 
 class _StepBatches(Dataset):
@@ -128,6 +134,9 @@ class _Fit:
         self.loaders: dict = {}
         self.last_metrics: dict | None = None
         self.last_eval_step = -1
+        self.saved_step: int | None = None  # the step whose checkpoint is on disk (written or resumed from)
+        self.weights: dict | None = None
+        self.stop = StopRequest()
         self.train_loss: float | None = None
         self.grad_norm = None
         self.finite = FiniteGuard(self.acc, self.optimizer, self.t.skip_nonfinite, trainer.run_dir / "checkpoints")
@@ -137,12 +146,20 @@ class _Fit:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> FitResult:
+        with self.stop:  # from the first evaluation to the last: a signal never kills the run mid-way
+            result = self._run()
+        if self.stop.signum:  # it came after the last point that checks for it
+            log.warning("%s arrived when the run had finished its work; writing its outputs instead of stopping", signal.Signals(self.stop.signum).name)
+        return result
+
+    def _run(self) -> FitResult:
         trainer, state, t = self.trainer, self.state, self.t
         if trainer.resume_from is not None:
             # Settings first: a changed task or batch size is named, not reported as a weight mismatch.
             _check_fingerprint(checkpoint.read_state(trainer.resume_from).fingerprint, trainer.fingerprint, trainer.resume_from, t.resume_allow_changes)
             self.state = state = checkpoint.load(trainer.resume_from, self.model, self.optimizer, self.scheduler, self.acc)
             state.fingerprint = trainer.fingerprint
+            self.saved_step = state.step
             log.info("resumed from %s at step %d (epoch %d)", trainer.resume_from, state.step, state.epoch)
         started = time.perf_counter()
         self.window["start"] = started
@@ -155,28 +172,27 @@ class _Fit:
             self._on_eval(initial, record_best=False)
 
         self.model.train()
-        with StopRequest() as stop:
-            while state.step < trainer.total_steps and not self._early_stopped():
-                if not self._run_epoch(stop):
-                    state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+        while state.step < trainer.total_steps and not self._early_stopped():
+            if not self._run_epoch():
+                state.epoch, state.micro_in_epoch = state.epoch + 1, 0
 
         metrics = {}
         if has_validation:
             if self.last_eval_step != state.step:  # stopped between evaluations, or resumed at the end
                 self.last_metrics = self.evaluate("validation")
                 self._on_eval(self.last_metrics, record_best=True)
-            metrics["validation"] = self._restore_best() or self.last_metrics
+            metrics["validation"] = self._choose_weights()
         if "test" in trainer.datasets:
             metrics["test"] = self.evaluate("test")
         for cb in trainer.callbacks:
             cb.on_train_end(state)
         trainer.model = self.acc.unwrap_model(self.model)
-        return FitResult(state, metrics, initial, self.train_loss, time.perf_counter() - started)
+        return FitResult(state, metrics, initial, self.train_loss, time.perf_counter() - started, self.weights)
 
     def _early_stopped(self) -> bool:
         return bool(self.stopper and self.stopper.should_stop)
 
-    def _run_epoch(self, stop: StopRequest) -> bool:
+    def _run_epoch(self) -> bool:
         """Train through the rest of the current epoch; False once the epoch is used up."""
         trainer, state, t = self.trainer, self.state, self.t
         micro = trainer.plan.micro_batches(state.epoch, self.acc.process_index)
@@ -196,7 +212,7 @@ class _Fit:
         for _ in range(remaining_steps):
             step_batches = [next(batches) for _ in range(t.grad_accum)]
             state.micro_in_epoch += t.grad_accum
-            if self._optimizer_step(step_batches) and self._after_step(stop):
+            if self._optimizer_step(step_batches) and self._after_step():
                 return True
         return False
 
@@ -256,7 +272,7 @@ class _Fit:
     def _rank(self) -> str:
         return f" (rank {self.acc.process_index})" if self.acc.num_processes > 1 else ""
 
-    def _after_step(self, stop: StopRequest) -> bool:
+    def _after_step(self) -> bool:
         """Log, evaluate, save, and decide whether to stop. True ends the epoch loop."""
         trainer, state, t = self.trainer, self.state, self.t
         for cb in trainer.callbacks:
@@ -265,39 +281,46 @@ class _Fit:
         at_log = state.step % t.log_every == 0 or is_last
         at_eval = "validation" in trainer.datasets and ((t.eval_every and state.step % t.eval_every == 0) or is_last)
         at_save = bool(t.save_every and state.step % t.save_every == 0)
-        if at_log or at_eval or at_save or stop.signum:
+        if at_log or at_eval or at_save or self.stop.signum:
             self.finite.read(state.step)  # the device-side check, before anything is logged or saved
         if at_log:
             self.train_loss = self._log()
-        saved = False
         if at_eval:
-            self.last_metrics = self.evaluate("validation")
+            self.last_metrics = self.evaluate("validation")  # a signal ends it and the run (_stop)
             self.last_eval_step = state.step
             self._on_eval(self.last_metrics, record_best=True)
+        if at_eval or at_save:
             self._save()
-            saved = True
-        elif at_save:
-            self._save()
-            saved = True
-        signum = self._stop_signal(stop, at_log)
+        signum = self._stop_signal(at_log)
         if signum:
-            if not saved:
-                self._save()
-            raise Interrupted(
-                f"stopped by signal at step {state.step}; checkpoint written to {trainer.run_dir / 'checkpoints' / f'step-{state.step}'}. "
-                "Continue with trainer.resume=auto (same output_dir).", signum,
-            )
+            self._stop(signum)
         return is_last or self._early_stopped()
 
-    def _stop_signal(self, stop: StopRequest, at_log: bool) -> int:
+    def _stop_signal(self, at_log: bool) -> int:
         """The signal to stop for. Alone, checked every step; with several processes, agreed
         at log steps (every process must stop at the same step to save together)."""
+        return self._agreed_signal() if self.acc.num_processes == 1 or at_log else 0
+
+    def _agreed_signal(self) -> int:
+        """The stop signal, if any. With several processes, the one any of them got: a
+        collective, so every process must ask at the same point (a log step, an eval batch)."""
         if self.acc.num_processes == 1:
-            return stop.signum or 0
-        if not at_log:
-            return 0
-        flag = torch.tensor(float(stop.signum or 0), device=self.acc.device)
-        return int(_max_across(flag))
+            return self.stop.signum or 0
+        return int(_max_across(torch.tensor(float(self.stop.signum or 0), device=self.acc.device)))
+
+    def _stop(self, signum: int, during: str = "") -> NoReturn:
+        """Stop for a signal: checkpoint the last completed step unless it is on disk already
+        (or nothing is trained yet), then raise Interrupted saying which it was."""
+        state = self.state
+        path = self._step_dir(state.step)
+        if state.step == 0:
+            done = "nothing was trained yet, so no checkpoint was written. Start again with the same command (trainer.resume=auto also works)."
+        else:
+            if self.saved_step != state.step:
+                self.stop.plan = f"writing the checkpoint of step {state.step}"
+                self._save()
+            done = f"checkpoint written to {path}. Continue with trainer.resume=auto (same output_dir)."
+        raise Interrupted(f"stopped by signal at step {state.step}{during}; {done}", signum)
 
     # ------------------------------------------------------------------ logging, eval, save
     def _log(self) -> float:
@@ -327,9 +350,29 @@ class _Fit:
         return loss
 
     def evaluate(self, split: str) -> dict[str, float]:
+        """The task's metrics over a split. A stop signal ends the evaluation before its next
+        batch and stops the run as one during training does (_stop): a long evaluation must
+        not hold a scheduler's SIGTERM until its grace period runs out."""
         if split not in self.loaders:
             self.loaders[split] = eval_loader(self.trainer, split)
-        return self.task.evaluate(self.model, self.loaders[split], self.acc)
+        self.stop.plan = self._eval_plan()
+        try:
+            metrics = self.task.evaluate(self.model, StopBetweenBatches(self.loaders[split], self._agreed_signal), self.acc)
+        except EvaluationStopped as stopped:
+            self._stop(stopped.signum, f", in the {split} evaluation after {stopped.batches_done} of {stopped.batches} batches")
+        self.stop.plan = TRAINING_PLAN
+        return metrics
+
+    def _eval_plan(self) -> str:
+        """What a signal during an evaluation makes the run do (_stop), as its log line says."""
+        step = self.state.step
+        if step == 0:
+            then = "then stopping (nothing trained yet, so no checkpoint)"
+        elif self.saved_step == step:
+            then = f"then stopping (step {step} is checkpointed already)"
+        else:
+            then = f"writing a checkpoint of step {step}, then stopping"
+        return f"ending the evaluation before its next batch, {then}"
 
     def _on_eval(self, metrics: dict, record_best: bool) -> None:
         state, task = self.state, self.task
@@ -348,21 +391,64 @@ class _Fit:
             self.trainer.run_dir / "checkpoints", self.state, self.model, self.optimizer, self.scheduler, self.acc,
             keep=self.t.save_total_limit, protect=self.state.best_step,
         )
+        self.saved_step = self.state.step
 
-    def _restore_best(self) -> dict | None:
-        """When an earlier checkpoint scored better than the final weights, load it back so
-        final/ and the test metrics use the best model. Returns its validation metrics."""
-        state, task = self.state, self.task
-        if state.best_step is None or state.best_step == state.step:
-            return None
-        if not _is_better(state.best_metric, self.last_metrics[task.main_metric], task.greater_is_better):
-            return None
-        path = self.trainer.run_dir / "checkpoints" / f"step-{state.best_step}"
-        if not checkpoint.is_loadable(path):
-            return None
-        checkpoint.load_weights(path, self.model, self.acc)  # sharded under FSDP: every process loads its part
-        log.info("loaded the best checkpoint (step %d, %s %.4f) for final/ and test", state.best_step, task.main_metric, state.best_metric)
-        return self.evaluate("validation")
+    def _choose_weights(self) -> dict:
+        """The final weights or the best checkpoint for final/ and the test split. The best is
+        loaded only with trainer.load_best=true and when it beats the final weights by more than
+        the margin: trainer.load_best_margin, or by default one standard error of the validation
+        metric (the task's `<main_metric>_stderr`), so that noise in a small validation set does
+        not decide which weights ship. Both scores, the margin and the choice are logged and kept
+        for metrics.json. Returns the validation metrics of the weights that ship."""
+        state, main, final = self.state, self.task.main_metric, self.last_metrics
+        margin, margin_from = self._best_margin(final)
+        best_step = state.best_step if state.best_step is not None else state.step
+        best_value = state.best_metric if state.best_metric is not None else final[main]
+        lead = (best_value - final[main]) * (1 if self.task.greater_is_better else -1)
+        ship_best, reason = self._prefer_best(best_step, lead, margin)
+        if ship_best:
+            if self.saved_step != state.step:  # keep the final state on disk before replacing it
+                self._save()
+            checkpoint.load_weights(self._step_dir(best_step), self.model, self.acc)  # sharded under FSDP: every process loads its part
+            log.info("loaded the best checkpoint (step %d, %s %.4f) for final/ and test", best_step, main, best_value)
+        log.info(
+            "validation %s: final weights (step %d) %.4f, best checkpoint (step %d) %.4f; margin %.4f (%s). Shipping the %s: %s.",
+            main, state.step, final[main], best_step, best_value, margin, margin_from,
+            f"best checkpoint (step {best_step})" if ship_best else "final weights", reason,
+        )
+        self.weights = {
+            "shipped": "best" if ship_best else "final", "step": best_step if ship_best else state.step, "reason": reason,
+            "load_best": bool(self.t.load_best), "margin": margin, "margin_from": margin_from,
+            "final": {"step": state.step, main: final[main]}, "best": {"step": best_step, main: best_value},
+        }
+        return self.evaluate("validation") if ship_best else final
+
+    def _best_margin(self, final: dict) -> tuple[float, str]:
+        """How much better the best checkpoint must score to replace the final weights, and why."""
+        main = self.task.main_metric
+        if self.t.load_best_margin is not None:
+            return float(self.t.load_best_margin), "trainer.load_best_margin"
+        stderr = final.get(f"{main}_stderr")
+        if stderr is None:
+            return 0.0, f"the task reports no {main}_stderr; set trainer.load_best_margin"
+        examples = len(self.trainer.datasets["validation"])
+        return float(stderr), f"one standard error of {main} over {examples} validation examples"
+
+    def _prefer_best(self, best_step: int, lead: float, margin: float) -> tuple[bool, str]:
+        """(load the best checkpoint?, why) given how far it leads the final weights."""
+        if best_step == self.state.step or lead <= 0:
+            return False, "no earlier checkpoint scored better"
+        if not self.t.load_best:
+            return False, f"trainer.load_best=false (the best checkpoint leads by {lead:.4f})"
+        if lead <= margin:
+            return False, f"the best checkpoint leads by {lead:.4f}, not more than the margin"
+        if not checkpoint.is_loadable(self._step_dir(best_step)):
+            log.warning("the best checkpoint %s is missing or incomplete; keeping the final weights", self._step_dir(best_step))
+            return False, "the best checkpoint is missing or incomplete"
+        return True, f"it leads by {lead:.4f}, more than the margin"
+
+    def _step_dir(self, step: int) -> Path:
+        return self.trainer.run_dir / "checkpoints" / f"step-{step}"
 
 
 def _max_across(value: torch.Tensor) -> float:

@@ -121,12 +121,13 @@ def test_fsdp_lora_writes_the_adapter(runs):
 
 
 def test_best_checkpoint_is_restored_from_shards(runs):
-    """At lr 1.0 step 2 is worse than step 1, so final/ gets step 1's weights, read back from
-    its shards by every process. A tied Llama (lm_head = embed_tokens) saves like unsharded."""
+    """At lr 1.0 step 2 is worse than step 1, so with trainer.load_best (margin 0) final/ gets
+    step 1's weights, read back from its shards by every process. A tied Llama (lm_head =
+    embed_tokens) saves like unsharded."""
     args = [
         "task=clm", "model=tiny_llama", f"data.train_file={ASSETS / 'corpus.txt'}", "task.max_length=32", "trainer.max_steps=2",
         "trainer.max_epochs=null", "trainer.batch_size=4", "trainer.eval_every=1", "trainer.log_every=1", "trainer.eval_at_start=false",
-        "optimizer.lr=1.0", "scheduler=constant",
+        "optimizer.lr=1.0", "scheduler=constant", "trainer.load_best=true", "trainer.load_best_margin=0",
     ]
     fsdp, ddp = runs["root"] / "best-fsdp", runs["root"] / "best-ddp"
     _torchrun(runs["env"], *args, f"output_dir={fsdp}", "distributed=fsdp", command="pretrain")
