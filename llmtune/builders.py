@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from llmtune.errors import UserError
 
@@ -33,6 +36,44 @@ def _require_target_package(node, group: str) -> None:
     package = str(node.get("_target_", "")).split(".")[0]
     if package in EXTRAS and importlib.util.find_spec(package) is None:
         raise UserError(f"{group}: {node._target_} needs the {package} package, which is not installed; pip install 'llmtune[{EXTRAS[package]}]' or pick another {group}.")
+
+
+def _names_package(cfg, package: str) -> bool:
+    """Whether a config group's `_target_` comes from `package`."""
+    return any(isinstance(node, DictConfig) and str(node.get("_target_", "")).split(".")[0] == package for node in cfg.values())
+
+
+@contextlib.contextmanager
+def bitsandbytes_hidden(cfg):
+    """Build the run with bitsandbytes hidden (`import bitsandbytes` fails), unless the config
+    names it (optimizer=adamw8bit).
+
+    peft imports bitsandbytes whenever it is installed: at import time (peft/helpers.py; and
+    transformers imports peft, from transformers.optimization) and again when LoRA wraps a layer
+    (its 8-bit dispatch). That cost every run 2-3 s, and on CPUs with AVX512-BF16 bitsandbytes
+    logs "Failed to load CPU gemm_4bit_forward from kernels-community" each time. peft needs it
+    only for quantized layers, which llmtune never builds.
+    """
+    hide = "bitsandbytes" not in sys.modules and not _names_package(cfg, "bitsandbytes")
+    if hide:
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if hide and sys.modules.get("bitsandbytes", 0) is None:
+            del sys.modules["bitsandbytes"]
+            _forget_bitsandbytes_checks()
+
+
+def _forget_bitsandbytes_checks() -> None:
+    """Availability checks cached while bitsandbytes was hidden would say 'not installed' for
+    the rest of the process (e.g. the next run of an in-process test session)."""
+    cached = {"peft.import_utils": ("is_bnb_available", "is_bnb_4bit_available"), "transformers.utils.import_utils": ("is_bitsandbytes_available",)}
+    for module, names in cached.items():
+        for name in names:
+            check = getattr(sys.modules.get(module), name, None)
+            if hasattr(check, "cache_clear"):
+                check.cache_clear()
 
 
 def build_accelerator(cfg):
@@ -90,6 +131,11 @@ def total_steps(tcfg, steps_per_epoch: int) -> int:
 
 def build_trainer(cfg, accelerator, run_dir: Path):
     """Data, tokenizer, model, PEFT, optimizer, scheduler and callbacks for one run."""
+    with bitsandbytes_hidden(cfg):
+        return _build_trainer(cfg, accelerator, run_dir)
+
+
+def _build_trainer(cfg, accelerator, run_dir: Path):
     from accelerate.utils import set_seed
 
     from llmtune.data.load import load_raw, tokenize
@@ -97,7 +143,7 @@ def build_trainer(cfg, accelerator, run_dir: Path):
     from llmtune.engine.batching import make_plan
     from llmtune.engine.callbacks import EarlyStopping, JsonlLogger, ProgressCallback
     from llmtune.engine.loop import Trainer
-    from llmtune.models import load_model, load_tokenizer
+    from llmtune.models import check_model, load_model, load_tokenizer
     from llmtune.peft.heads import count_parameters
 
     t = cfg.trainer
@@ -106,8 +152,11 @@ def build_trainer(cfg, accelerator, run_dir: Path):
     task = build_task(cfg)
     raw, fingerprint = load_raw(cfg.data, task, cfg.seed)
     resume_from = checkpoint.resolve_resume(t.resume, run_dir)
-    tokenizer = load_tokenizer(cfg.model, task, task.texts(raw["train"]))
+    # The task checks its data (labels, tags, chats) and the model's config is checked against
+    # it before a tokenizer is trained or loaded and before any weights load.
     model_kwargs = task.model_kwargs(raw)
+    check_model(cfg.model, task, model_kwargs)
+    tokenizer = load_tokenizer(cfg.model, task, task.texts(raw["train"]))
     data = tokenize(raw, task, tokenizer, cfg.data, fingerprint, accelerator)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items())
     log.info("data: %s (%s)", sizes, raw["train"].info.description)

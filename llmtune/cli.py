@@ -14,7 +14,7 @@ usage: llmtune <command> [hydra overrides and flags]
 
 commands:
   pretrain   masked-LM (task=mlm) or next-token (task=clm) pretraining
-  finetune   fine-tune on a task: task=classification|ner, peft=none|lora|bitfit
+  finetune   fine-tune on a task: task={tasks}, peft={peft}
   recipes    list the shipped recipes
   run NAME   run a shipped recipe by name, e.g. `llmtune run ner-lora trainer.max_steps=50`
   bench      benchmark llmtune against HF Trainer and a plain PyTorch loop (CPU)
@@ -38,7 +38,7 @@ _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
+        print(usage(), end="")
         return
     if argv[0] in ("-V", "--version"):
         from llmtune import __version__
@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 — only UserError is turned into one line
         _exit_on_user_error(exc)
         raise
+
+
+def usage() -> str:
+    """USAGE with the task and PEFT options read from conf/ (the folder is the registry)."""
+    from llmtune.paths import group_options
+
+    return USAGE.format(tasks="|".join(group_options("task")), peft="|".join(group_options("peft")))
 
 
 def _exit_on_user_error(exc: BaseException) -> None:

@@ -26,11 +26,15 @@ _MISSING = object()
 NULLABLE = {
     "trainer.max_steps": 0, "trainer.max_epochs": 0, "trainer.eval_every": 0, "trainer.save_every": 0,
     "trainer.early_stopping_patience": 0, "trainer.max_tokens": 0, "trainer.pad_to_multiple_of": 0, "trainer.max_grad_norm": 0.0, "trainer.resume": "",
+    "trainer.load_best_margin": 0.0,
     "optimizer.lr": 0.0, "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.num_proc": 0, "data.validation_split": 0.0,
     "data.name": "", "data.config_name": "", "data.train_file": "", "data.validation_file": "", "data.test_file": "",
     "data.columns": {}, "model.name_or_path": "", "model.tokenizer": "", "model.attn_implementation": "", "model.pad_vocab_to_multiple_of": 0, "scheduler.warmup_steps": 0,
     "distributed.wrap_classes": [], "distributed.nvme_path": "",
 }
+# Keys that take a string or a list, as the library behind them does (peft.target_modules: a
+# regex over module names, or a list of module names).
+STRING_OR_LIST = ("peft.target_modules",)
 _STAMP: str | None = None
 
 
@@ -98,11 +102,15 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> None:
             choices.append([ov.input_line])
     for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_COMBINATIONS):
         cfg = _check_combination(config_dir, config_name, [c for c in combo if c is not None])
-        if not multirun and int(os.environ.get("RANK", "0")) == 0:
-            from llmtune.job import check_run_dir
+        if int(os.environ.get("RANK", "0")) == 0:
+            from llmtune.rundir import check_output_dir, check_run_dir
 
-            # Before Hydra creates the directory and writes its .hydra/ files into it.
-            check_run_dir(Path(str(cfg.output_dir)).expanduser().resolve(), cfg.trainer)
+            # Before Hydra creates the directory (a sweep's: output_dir; each job checks its own).
+            output_dir = Path(str(cfg.output_dir)).expanduser().resolve()
+            if multirun:
+                check_output_dir(output_dir)
+            else:
+                check_run_dir(output_dir, cfg.trainer)
 
 
 def _as_override(ov, value: str) -> str:
@@ -200,7 +208,7 @@ def _check_key(base: DictConfig, ov) -> Any:
 def _check_type(key: str, default: Any, value: Any) -> None:
     if default is None:
         default = NULLABLE.get(key)
-    if default is None or default is _MISSING or value is None:
+    if default is None or default is _MISSING or value is None or (key in STRING_OR_LIST and isinstance(value, (str, list))):
         return
     if isinstance(default, str) and "${" in default:
         return  # an interpolation; its target is checked on its own
@@ -268,6 +276,8 @@ def _validate(cfg: DictConfig) -> None:
     _validate_optimizer(cfg.optimizer)
     _validate_model(cfg.model)
     _validate_data(cfg.data)
+    _validate_validation_split(cfg.data.get("validation_split"))
+    _validate_max_length(cfg.task.get("max_length"))
     distributed.check(cfg)
 
 
@@ -276,15 +286,18 @@ def _validate_trainer(t: DictConfig) -> None:
         raise UserError(f"trainer.precision={t.precision!r}: expected one of {', '.join(PRECISIONS)}.{did_you_mean(str(t.precision), PRECISIONS)}")
     if t.precision == "fp16" and not _cuda_available():
         raise UserError("trainer.precision=fp16 needs a CUDA GPU (none found); use trainer.precision=bf16 or no on CPU.")
-    if not t.max_steps and not t.max_epochs:
-        raise UserError("neither trainer.max_steps nor trainer.max_epochs is set; set one, e.g. trainer.max_steps=500.")
     for key in ("max_steps", "max_epochs", "eval_every", "log_every", "save_every", "early_stopping_patience", "max_tokens", "pad_to_multiple_of"):
         value = t.get(key)
         if value is not None and value < 1:
             raise UserError(f"trainer.{key}={value}: must be at least 1 (or null to turn it off).")
+    if not t.max_steps and not t.max_epochs:
+        raise UserError("neither trainer.max_steps nor trainer.max_epochs is set; set one, e.g. trainer.max_steps=500.")
     for key in ("batch_size", "grad_accum", "eval_batch_size"):
         if t[key] < 1:
             raise UserError(f"trainer.{key}={t[key]}: must be a positive integer.")
+    margin = t.get("load_best_margin")
+    if margin is not None and margin < 0:
+        raise UserError(f"trainer.load_best_margin={margin}: must be at least 0 (or null for one standard error of the validation metric).")
     if t.resume not in (None, "auto") and not Path(str(t.resume)).exists():
         raise UserError(f"trainer.resume={t.resume}: no such checkpoint or run directory; use trainer.resume=auto or a path to a run or checkpoints/step-N.")
 
@@ -305,6 +318,11 @@ def _validate_model(m: DictConfig) -> None:
     # A local path (not a hub id such as org/model) must exist.
     if name and str(name).startswith((".", "/", "~")) and not Path(str(name)).expanduser().exists():
         raise UserError(f"model.name_or_path={name}: no such directory; point it at a folder with config.json (e.g. a run's final/).")
+    from llmtune.models import check_tokenizer_folder
+
+    # Here, before the run directory is made; load_tokenizer checks again for direct callers.
+    tokenizer = m.get("tokenizer")
+    check_tokenizer_folder("model.tokenizer" if tokenizer else "model.name_or_path", tokenizer or name)
 
 
 def _validate_data(d: DictConfig) -> None:
@@ -315,11 +333,28 @@ def _validate_data(d: DictConfig) -> None:
         if value:
             path = Path(str(value)).expanduser()
             if not path.is_file():
-                hint = "it is a directory; name a file" if path.is_dir() else "check the path (relative paths are resolved from the directory you ran llmtune in)"
-                raise UserError(f"data.{key}: no such file {path.resolve()}; {hint}.")
+                if path.is_dir():
+                    raise UserError(f"data.{key}: {path.resolve()} is a directory; name a file in it.")
+                raise UserError(f"data.{key}: no such file {path.resolve()}; check the path (relative paths are resolved from the directory you ran llmtune in).")
             detect_format(path)  # raises on an unknown extension
+    cap = d.get("validation_split_max")
+    if cap is not None and cap < 1:
+        raise UserError(f"data.validation_split_max={cap}: must be at least 1 (or null for no cap on the split data.validation_split holds out).")
     if (d.validation_file or d.test_file) and not d.train_file and not d.name:
         raise UserError("data.validation_file/test_file is set but data.train_file is not; give data.train_file too.")
+
+
+def _validate_validation_split(fraction) -> None:
+    # A fraction of the training rows; null turns the held-out split off (0 would be an empty split).
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1):
+        raise UserError(f"data.validation_split={fraction}: must be a fraction strictly between 0 and 1 (e.g. 0.1), or null for no held-out split.")
+
+
+def _validate_max_length(length) -> None:
+    # Every task cuts its examples (or packs its blocks) to task.max_length tokens; the model's
+    # position limit is checked once the model's config is known (models.check_model).
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise UserError(f"task.max_length={length}: must be a positive number of tokens, e.g. task.max_length=128.")
 
 
 def _cuda_available() -> bool:

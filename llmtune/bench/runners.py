@@ -68,7 +68,7 @@ def llmtune_overrides(case: Case, data_file: Path, run_dir: Path, device: str) -
         f"data.train_file='{data_file}'",
         "data.validation_file=null",
         "data.test_file=null",
-        "data.validation_split=0",  # no validation split: nothing is evaluated
+        "data.validation_split=null",  # no validation split: nothing is evaluated
         "data.cache=false",
         f"trainer.max_steps={case.steps}",
         "trainer.max_epochs=null",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ def load_raw(data_cfg, task, seed: int):
     from datasets import Dataset, DatasetDict, DatasetInfo
 
     from llmtune.data.builtin import builtin_splits
-    from llmtune.data.readers import read_rows, require_columns
+    from llmtune.data.readers import read_rows, require_columns, to_dataset
 
     renames = dict(data_cfg.columns or {})
     splits: dict[str, Dataset] = {}
@@ -45,7 +46,7 @@ def load_raw(data_cfg, task, seed: int):
             path = Path(str(path)).expanduser().resolve()
             rows = [{renames.get(k, k): v for k, v in row.items()} for row in read_rows(path, key=f"data.{key}")]
             require_columns(rows, list(task.required_columns), path=path, key=f"data.{key}")
-            splits[split] = Dataset.from_list(rows, info=DatasetInfo(description=f"data.{key}: {path}"))
+            splits[split] = to_dataset(rows, path=path, key=f"data.{key}", description=f"data.{key}: {path}")
             digests[split] = hashlib.sha256(path.read_bytes()).hexdigest()
         fingerprint = _sha(digests)
     elif data_cfg.name:
@@ -57,16 +58,37 @@ def load_raw(data_cfg, task, seed: int):
         fingerprint = _sha({"builtin": task.builtin, "version": __version__, "rows": _sha(generated)})
 
     if "validation" not in splits and data_cfg.validation_split:
-        held = splits["train"].train_test_split(test_size=data_cfg.validation_split, seed=seed, shuffle=True)
+        rows = len(splits["train"])
+        size = held_out_size(data_cfg.validation_split, data_cfg.get("validation_split_max"), rows)
+        if rows < 2 or (size if isinstance(size, int) else math.ceil(size * rows)) >= rows:
+            raise UserError(
+                f"data.validation_split={data_cfg.validation_split}: the training data has {rows} example(s), too few to hold "
+                "any out; add rows, give data.validation_file, or set data.validation_split=null to train without validation."
+            )
+        held = splits["train"].train_test_split(test_size=size, seed=seed, shuffle=True)
         splits["train"], splits["validation"] = held["train"], held["test"]
-        splits["validation"].info.description = f"{splits['train'].info.description} (validation_split {data_cfg.validation_split})"
-        fingerprint = _sha([fingerprint, data_cfg.validation_split, seed])
+        capped = "" if size == data_cfg.validation_split else f", capped at {size} rows"
+        splits["validation"].info.description = f"{splits['train'].info.description} (validation_split {data_cfg.validation_split}{capped})"
+        fingerprint = _sha([fingerprint, size, seed])  # size is validation_split itself unless capped
     for split, ds in list(splits.items()):
         limit = data_cfg.max_train_samples if split == "train" else data_cfg.max_eval_samples
         if limit is not None and len(ds) > limit:
             splits[split] = ds.select(range(limit))
     fingerprint = _sha([fingerprint, data_cfg.max_train_samples, data_cfg.max_eval_samples])
     return DatasetDict(splits), fingerprint
+
+
+def held_out_size(fraction: float, cap: int | None, rows: int) -> float | int:
+    """train_test_split's test_size for data.validation_split: the fraction itself, or at most
+    `cap` rows (data.validation_split_max). Evaluation time grows with the split while its noise
+    shrinks only as 1/sqrt(rows), so past a few thousand rows a bigger split mostly delays
+    training (and a stop signal); the rows not held out stay in training."""
+    wanted = math.ceil(fraction * rows) if fraction < 1 else int(fraction)  # as train_test_split counts
+    if cap is None or wanted <= cap:
+        return fraction
+    log.info("data.validation_split=%s would hold out %d of %d training examples; holding out %d (data.validation_split_max), "
+             "the other %d stay in training", fraction, wanted, rows, cap, wanted - cap)
+    return int(cap)
 
 
 def _load_hub(data_cfg, task, renames: dict):

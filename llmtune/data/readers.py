@@ -298,3 +298,58 @@ def _missing_column_message(column: str, present: list[str], path: Path, key: st
         f"{key}: {path} has no column '{column}' (columns: {listed}).{did_you_mean(column, present)} "
         f"Rename the column or map it with data.columns={{{source}: {column}}}."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Rows -> a table
+# --------------------------------------------------------------------------------------------
+
+
+def to_dataset(rows: list[dict], *, path: str | Path, key: str, description: str):
+    """`rows` as a datasets.Dataset. Arrow needs one type per column, so a column written as a
+    number in one row and as text in another (labels 1 and "pos") fails there; the failure is
+    turned into one line naming the first row that differs."""
+    import pyarrow as pa
+    from datasets import Dataset, DatasetInfo
+
+    try:
+        return Dataset.from_list(rows, info=DatasetInfo(description=description))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        path = _absolute(path)
+        found = _type_clash(rows, path, key)
+        arrow = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            found or f"{key}: {path} does not fit one table ({arrow}); give each column, and each field inside it, one type in every row."
+        ) from None
+
+
+def _kind(value: object) -> str | None:
+    """The JSON kind of a value as Arrow sees it: int and float are both numbers, null and the
+    empty list fit any column. A list names its items' kind; items of two kinds give 'mixed'."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, list):
+        kinds = {k for k in map(_kind, value) if k is not None}
+        return f"list of {kinds.pop()}" if len(kinds) == 1 else ("mixed" if kinds else None)
+    return {bool: "true/false", int: "number", float: "number", str: "text", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _type_clash(rows: list[dict], path: Path, key: str) -> str | None:
+    """One line naming the first row whose column differs in kind from the same column in an
+    earlier row (or mixes kinds inside one list); None when no such row is found."""
+    first: dict[str, tuple[str, int, object]] = {}
+    for number, row in enumerate(rows, start=1):
+        for column, value in row.items():
+            kind = _kind(value)
+            if kind == "mixed":
+                return (
+                    f"{key}: {path} row {number} mixes kinds (numbers, text, ...) inside '{column}': {value!r:.60}; "
+                    "write every item the same way, e.g. all as text."
+                )
+            seen = first.setdefault(column, (kind, number, value)) if kind else None
+            if seen and seen[0] != kind:
+                return (
+                    f"{key}: {path} row {number} has '{column}' {value!r:.40} ({kind}) but row {seen[1]} has {seen[2]!r:.40} ({seen[0]}); "
+                    f"write '{column}' the same way in every row (e.g. labels all as text: \"1\", not 1)."
+                )
+    return None

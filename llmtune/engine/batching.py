@@ -149,7 +149,7 @@ class TokenBudgetPlan:
         if longest > self.max_tokens:
             raise UserError(
                 f"trainer.max_tokens={self.max_tokens} is smaller than the longest training example ({longest} tokens); "
-                "set trainer.max_tokens to at least task.max_length."
+                f"set trainer.max_tokens to at least {longest} (task.max_length always suffices)."
             )
         if self.steps_per_epoch == 0:
             raise UserError(

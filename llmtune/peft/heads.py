@@ -26,18 +26,24 @@ def task_head_names(model) -> list[str]:
     return heads
 
 
+def in_modules(name: str, parents: list[str]) -> bool:
+    """Whether the module called `name` is one of `parents` or inside one."""
+    return any(name == p or name.startswith(p + ".") for p in parents)
+
+
+def linear_module_paths(model, exclude: list[str]) -> list[str]:
+    """Full names of every linear layer in the backbone (nn.Linear, and GPT-2's Conv1D which
+    is a linear layer with transposed weights), skipping the excluded heads and the LM head."""
+    output = model.get_output_embeddings()
+    return [
+        name for name, module in model.named_modules()
+        if (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D") and module is not output and not in_modules(name, exclude)
+    ]
+
+
 def linear_module_names(model, exclude: list[str]) -> list[str]:
-    """Distinct leaf names of every linear layer in the backbone (nn.Linear, and GPT-2's
-    Conv1D which is a linear layer with transposed weights), skipping the excluded heads."""
-    names = set()
-    for full_name, module in model.named_modules():
-        if any(full_name == h or full_name.startswith(h + ".") for h in exclude):
-            continue
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
-            if module is model.get_output_embeddings():
-                continue
-            names.add(full_name.rsplit(".", 1)[-1])
-    return sorted(names)
+    """Distinct leaf names of the backbone's linear layers (see linear_module_paths)."""
+    return sorted({path.rsplit(".", 1)[-1] for path in linear_module_paths(model, exclude)})
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -1,12 +1,59 @@
-"""LoRA through the peft library. Target modules are found from the model: every linear
-layer of the backbone; the task head trains in full (modules_to_save)."""
+"""LoRA through the peft library; the task head trains in full (modules_to_save).
+
+Target modules (`peft.target_modules`): `auto` finds them from the model, every linear layer of
+the backbone. Otherwise peft's own rules apply, so adapter_config.json means what it says:
+a list names modules by name or dotted suffix (`[query,value]`, `[attention.self.query]`); a
+string is a regular expression that must match a module's full name (`.*\\.(query|value)`).
+Either is checked against the model first, so a wrong name is one line, not a peft traceback.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from llmtune.errors import UserError
-from llmtune.peft.heads import linear_module_names, task_head_names
+from llmtune.peft.heads import in_modules, linear_module_names, linear_module_paths, task_head_names
+
+
+def matches(spec: str | list[str], name: str) -> bool:
+    """peft's rule for whether the module called `name` is a target (a str: full-match regex;
+    a list: the name itself or a dotted suffix of it)."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == t or name.endswith("." + t) for t in spec)
+
+
+def _layers_hint(model, heads: list[str]) -> str:
+    paths = linear_module_paths(model, exclude=heads)
+    example = f" (full names like {paths[0]})" if paths else ""
+    return f"the linear layers of {type(model).__name__} are {', '.join(linear_module_names(model, heads))}{example}"
+
+
+def check_targets(spec: str | list[str], model, heads: list[str]) -> None:
+    """Raise UserError unless `spec` selects linear layers of the backbone, and only those."""
+    if isinstance(spec, str):
+        try:
+            re.compile(spec)
+        except re.error as exc:
+            raise UserError(f"peft.target_modules={spec!r} is not a valid regular expression ({exc}).") from None
+    elif not spec:
+        raise UserError(f"peft.target_modules=[]: names no module; {_layers_hint(model, heads)}; or use peft.target_modules=auto.")
+    linear = linear_module_paths(model, exclude=heads)
+    unknown = [] if isinstance(spec, str) else [t for t in spec if not any(matches([t], path) for path in linear)]
+    if unknown:
+        raise UserError(f"peft.target_modules: {', '.join(unknown)} matches no linear layer; {_layers_hint(model, heads)}.")
+    chosen = [name for name, _ in model.named_modules() if name and not in_modules(name, heads) and matches(spec, name)]
+    if not chosen:
+        raise UserError(
+            f"peft.target_modules={spec!r} matches no module: a string is a regular expression over full module names, as in peft; "
+            f"{_layers_hint(model, heads)}; to name layers use a list, e.g. peft.target_modules=[query,value]."
+        )
+    linear_set = set(linear)
+    other = [name for name in chosen if name not in linear_set]
+    if other:
+        kind = type(model.get_submodule(other[0])).__name__
+        raise UserError(f"peft.target_modules={spec!r} also matches {other[0]} ({kind}), which is not a linear layer; {_layers_hint(model, heads)}.")
 
 
 class LoRA:
@@ -16,22 +63,24 @@ class LoRA:
 
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: str | Sequence[str] = "auto", bias: str = "none") -> None:
         self.r, self.alpha, self.dropout, self.bias = r, alpha, dropout, bias
-        self.target_modules = target_modules
+        # A string stays a string (a regex, as in peft); a list (ListConfig from Hydra) becomes a list of names.
+        self.target_modules = target_modules if isinstance(target_modules, str) else [str(t) for t in target_modules]
+
+    def targets(self, model, heads: list[str]) -> str | list[str]:
+        """What peft gets as target_modules: `auto`'s layer names, or the user's, checked."""
+        if self.target_modules != "auto":
+            check_targets(self.target_modules, model, heads)
+            return self.target_modules
+        names = linear_module_names(model, exclude=heads)
+        if not names:
+            raise UserError(f"peft=lora: found no linear layers in {type(model).__name__}; name them with peft.target_modules=[...].")
+        return names
 
     def apply(self, model, task):
         from peft import LoraConfig, get_peft_model
 
         heads = task_head_names(model)
-        if self.target_modules == "auto":
-            targets = linear_module_names(model, exclude=heads)
-        else:
-            targets = list(self.target_modules)
-            known = set(linear_module_names(model, exclude=[]))
-            unknown = [t for t in targets if t not in known]
-            if unknown:
-                raise UserError(f"peft.target_modules: {unknown} are not linear layers of {type(model).__name__} (it has: {', '.join(sorted(known))}).")
-        if not targets:
-            raise UserError(f"peft=lora: found no linear layers in {type(model).__name__}; name them with peft.target_modules=[...].")
+        targets = self.targets(model, heads)
         config = LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,

@@ -42,7 +42,11 @@ class Task(Protocol):
         """Examples -> batch of tensors; `train` selects e.g. dynamic masking vs fixed masks."""
 
     def evaluate(self, model: Any, dataloader: Any, accelerator: Any) -> dict[str, float]:
-        """Metrics over a dataloader; must include `main_metric` and `loss`."""
+        """Metrics over a dataloader; must include `main_metric`, `loss` and
+        `<main_metric>_stderr`, the main metric's standard error over the split (from
+        common.run_eval for a loss, common.proportion_stderr for an accuracy or F1): it is
+        trainer.load_best's default margin. Iterate `dataloader` as given: during training it
+        may end early between batches (a stop signal) by raising, which must propagate."""
 
     # Optional: `logits(model, batch, labels) -> (logits, labels)` replaces the plain forward
     # (llmtune.tasks.common.model_logits) in training and evaluation, e.g. to score only some

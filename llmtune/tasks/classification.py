@@ -30,8 +30,10 @@ class ClassificationTask:
             yield from rows["text_pair"]
 
     def model_kwargs(self, raw) -> dict:
+        common.check_single_labels(raw, "label")
         self.labels = common.label_list(raw["train"]["label"])
-        common.check_known_labels(raw, "label", self.labels, nested=False)
+        common.warn_single_class(raw, self.labels, "label")
+        common.check_known_labels(raw, "label", self.labels, nested=False, unit="row")
         return common.label_maps(self.labels)
 
     def preprocess(self, raw, tokenizer, num_proc=None):
@@ -68,8 +70,10 @@ class ClassificationTask:
 
         loss = common.run_eval(model, dataloader, accelerator, collect)
         y_pred, y_true = torch.cat(preds).numpy(), torch.cat(golds).numpy()
+        accuracy = float(accuracy_score(y_true, y_pred))
         return {
-            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "accuracy": accuracy,
+            "accuracy_stderr": common.proportion_stderr(accuracy, len(y_true)),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(len(self.labels))), zero_division=0)),
-            "loss": loss,
+            "loss": loss.loss,
         }

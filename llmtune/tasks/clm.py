@@ -60,4 +60,4 @@ class CLMTask:
 
     def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
         loss = common.run_eval(model, dataloader, accelerator)
-        return {"loss": loss, "perplexity": common.perplexity(loss)}
+        return {"loss": loss.loss, "loss_stderr": loss.stderr, "perplexity": common.perplexity(loss.loss)}

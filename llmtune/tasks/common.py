@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from llmtune.engine.loss import cross_entropy_sum
 from llmtune.errors import UserError
 from llmtune.tasks.base import IGNORE_INDEX
+
+log = logging.getLogger("llmtune")
 
 
 def label_list(values: Iterable) -> list[str]:
@@ -21,20 +25,62 @@ def label_list(values: Iterable) -> list[str]:
     return sorted(distinct)
 
 
-def check_known_labels(raw, column: str, known: list[str], *, nested: bool) -> None:
-    """Every label in validation/test must be one the model is trained on."""
+def describe(raw, split: str) -> str:
+    """Where a split came from, for error messages: 'data.train_file: /abs/path', ..."""
+    return raw[split].info.description or f"the {split} split"
+
+
+def source_rows(ds) -> Sequence[int]:
+    """The 1-based row of the source (the file) each row of a split came from, for error
+    messages. data.validation_split shuffles the rows it holds out and those it keeps;
+    datasets remembers their original positions (its indices mapping)."""
+    indices = getattr(ds, "_indices", None)
+    if indices is None:
+        return range(1, len(ds) + 1)
+    return [i + 1 for i in indices.column(0).to_pylist()]
+
+
+def check_known_labels(raw, column: str, known: list[str], *, nested: bool, values: dict[str, list] | None = None, unit: str = "example") -> None:
+    """Every label in validation/test must be one the model is trained on. `values` holds a
+    split's labels when the task rewrote them (e.g. converted a tag scheme); else `column`."""
     known_set = set(known)
     for split in ("validation", "test"):
         if split not in raw:
             continue
-        for row, value in enumerate(raw[split][column], start=1):
+        rows = values[split] if values is not None else raw[split][column]
+        for row, value in zip(source_rows(raw[split]), rows, strict=True):
             for label in (value if nested else [value]):
                 if str(label) not in known_set:
-                    where = raw[split].info.description or f"the {split} split"
                     raise UserError(
-                        f"{where}: example {row} has label '{label}', which the training data never uses "
+                        f"{describe(raw, split)} {unit} {row} has label '{label}', which the training data never uses "
                         f"(training labels: {', '.join(known[:20])}); fix the label or add training examples with it."
                     )
+
+
+def check_single_labels(raw, column: str) -> None:
+    """One label per row. A null or empty label, or a list of them, would silently become a
+    class of its own ("None", "", "['a', 'b']")."""
+    for split, ds in raw.items():
+        for row, value in zip(source_rows(ds), ds[column], strict=True):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise UserError(
+                    f"{describe(raw, split)} row {row} has no {column} ({'null' if value is None else 'empty'}); "
+                    f"give it a {column} or remove the row."
+                )
+            if isinstance(value, (list, dict)):
+                raise UserError(
+                    f"{describe(raw, split)} row {row} has {column} {value!r:.60}, not a single {column}; "
+                    f"this task takes one {column} per row (text or a number)."
+                )
+
+
+def warn_single_class(raw, labels: list[str], what: str) -> None:
+    """Training on one class teaches nothing (the prediction is always right); say so."""
+    if len(labels) == 1:
+        log.warning(
+            "%s: every training example has the %s '%s', so the model cannot learn to tell classes apart; "
+            "add examples of the other classes", describe(raw, "train"), what, labels[0],
+        )
 
 
 def label_maps(labels: list[str]) -> dict:
@@ -51,23 +97,78 @@ def model_logits(model, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor
     return model(**batch).logits, labels
 
 
-def run_eval(model, dataloader, accelerator, on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None, forward=model_logits) -> float:
-    """Forward every batch without gradients; return the mean loss over labelled positions
-    across all processes. `on_batch(logits, labels)` sees each batch (for predictions)."""
+@dataclass(frozen=True)
+class EvalLoss:
+    loss: float      # per labelled token over the whole split, each example counted once
+    stderr: float    # its standard error, examples as the sampling unit
+    examples: int
+
+
+def run_eval(model, dataloader, accelerator, on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None, forward=model_logits) -> EvalLoss:
+    """Forward every batch without gradients; return the loss over labelled positions of the
+    whole split. `on_batch(logits, labels)` sees each batch (for predictions).
+
+    Each example's loss sum and labelled-position count go through gather_for_metrics, which
+    drops the examples accelerate repeats to even out the last batches across processes; the
+    loss is then one division of the totals. So it is the same for any number of processes,
+    batch size or length grouping (a sum over processes would count the repeats; a mean of
+    per-batch means would weigh short batches up)."""
     model.eval()
-    loss_sum = torch.zeros((), device=accelerator.device)
-    count = torch.zeros((), device=accelerator.device)
-    with torch.no_grad():
-        for batch in dataloader:
-            labels = batch.pop("labels")
-            logits, labels = forward(model, batch, labels)
-            loss_sum += cross_entropy_sum(logits, labels)
-            count += (labels != IGNORE_INDEX).sum()
-            if on_batch is not None:
-                on_batch(logits, labels)
-    model.train()
-    totals = accelerator.reduce(torch.stack([loss_sum, count]), reduction="sum")
-    return float(totals[0] / totals[1].clamp(min=1))
+    sums, counts = [], []
+    try:
+        with torch.no_grad():
+            for batch in dataloader:
+                labels = batch.pop("labels")
+                logits, scored = forward(model, batch, labels)
+                loss_sums, targets = accelerator.gather_for_metrics(per_example_loss(logits, scored, labels))
+                sums.append(loss_sums)
+                counts.append(targets)
+                if on_batch is not None:
+                    on_batch(logits, scored)
+    finally:
+        model.train()
+    if not sums:
+        return EvalLoss(0.0, 0.0, 0)
+    return loss_stats(torch.cat(sums), torch.cat(counts))
+
+
+def per_example_loss(logits: torch.Tensor, scored: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss sum, labelled positions) per example, i.e. per row of `labels`. `scored` are the
+    labels a forward hook returned with `logits`: the same labelled positions in the same
+    row-major order, maybe gathered (MLM scores masked positions only) or flattened (packing)."""
+    targets = (labels != IGNORE_INDEX).reshape(len(labels), -1).sum(dim=1)
+    flat = scored.reshape(-1)
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat, ignore_index=IGNORE_INDEX, reduction="none")
+    losses = losses[flat != IGNORE_INDEX]
+    if losses.numel() != int(targets.sum()):
+        raise ValueError(f"the forward scored {losses.numel()} labelled positions for {int(targets.sum())} labelled in the batch; a task's `logits` hook must keep them")
+    # float64 where the device has it: sums over a large split stay exact to well below 1e-6.
+    dtype = torch.float32 if logits.device.type == "mps" else torch.float64
+    rows = torch.repeat_interleave(torch.arange(len(targets), device=targets.device), targets)
+    sums = torch.zeros(len(targets), dtype=dtype, device=losses.device).index_add_(0, rows.to(losses.device), losses.to(dtype))
+    return sums, targets
+
+
+def loss_stats(sums: torch.Tensor, counts: torch.Tensor) -> EvalLoss:
+    """Loss per labelled position from per-example sums and counts, with the standard error of
+    this ratio (delta method) taking examples, not tokens, as independent: the tokens of one
+    example are not independent draws."""
+    total = counts.sum().to(sums.dtype)
+    loss = sums.sum() / total.clamp(min=1)
+    n = len(sums)
+    spread = ((sums - loss * counts) ** 2).sum() * n / max(n - 1, 1)
+    stderr = spread.sqrt() / total.clamp(min=1)
+    return EvalLoss(float(loss), float(stderr), n)
+
+
+def proportion_stderr(value: float, n: int) -> float:
+    """Standard error of an accuracy- or F1-like score over `n` examples, sqrt(p(1-p)/n), with
+    p shrunk towards 1/2 as (p*n + 2) / (n + 4) (Agresti-Coull) so that a score of 0 or 1 is not
+    given zero noise."""
+    if n <= 0:
+        return 0.0
+    p = (value * n + 2) / (n + 4)
+    return math.sqrt(p * (1 - p) / (n + 4))
 
 
 def perplexity(loss: float) -> float:

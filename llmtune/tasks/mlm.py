@@ -98,7 +98,7 @@ class MLMTask:
 
     def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
         loss = common.run_eval(model, dataloader, accelerator, forward=self.logits)
-        return {"loss": loss, "perplexity": common.perplexity(loss)}
+        return {"loss": loss.loss, "loss_stderr": loss.stderr, "perplexity": common.perplexity(loss.loss)}
 
 
 def _row_generator(row: torch.Tensor) -> torch.Generator:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmtune.errors import UserError
 from llmtune.tasks import common
 from llmtune.tasks.base import IGNORE_INDEX
+
+log = logging.getLogger("llmtune")
 
 
 def align_labels(word_ids: list[int | None], word_labels: list[int], *, label_all_tokens: bool, b_to_i: dict[int, int]) -> list[int]:
@@ -27,6 +32,112 @@ def align_labels(word_ids: list[int | None], word_labels: list[int], *, label_al
     return aligned
 
 
+# ------------------------------------------------------------------ tag schemes
+# The model learns IOB2 tags: B-TYPE starts an entity, I-TYPE continues it, O is outside one.
+# Data in IOB1 (I- starts an entity; B- only splits two adjacent entities of one type) or in
+# BIOES / IOBES / BILOU (E- or L- ends an entity, S- or U- is a one-word entity) is converted
+# to IOB2, with a warning. An I- that continues no entity, in data that otherwise starts its
+# entities with B-, is refused: no scheme explains it, so it is a slip in the data, and reading
+# it as IOB1 (as conlleval does) would hide it.
+_TAG = re.compile(r"([BIESLU])-(.+)")
+_IOB2_PREFIX = {"B": "B", "I": "I", "E": "I", "L": "I", "S": "B", "U": "B"}
+SCHEME_NOTES = {
+    "IOB1": "an I- tag that starts an entity became B-",
+    "BIOES": "S-/U- became B-, E-/L- became I-",
+}
+
+
+def _entity_type(tag: str) -> str:
+    return "" if tag == "O" else tag[2:]
+
+
+def _first_break(tags: list[str]) -> int | None:
+    """Index of the first I- tag that continues no entity of its type (IOB2's one rule)."""
+    previous = "O"
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-") and _entity_type(previous) != tag[2:]:
+            return i
+        previous = tag
+    return None
+
+
+def _b_starts_entities(tags: list[str]) -> bool:
+    """Whether some B- tag follows a word outside an entity of its type (how IOB2 uses B-;
+    IOB1 uses B- only right after a word of the same type)."""
+    return any(tag.startswith("B-") and _entity_type(prev) != tag[2:] for prev, tag in zip(["O", *tags], tags, strict=False))
+
+
+def to_iob2(tags: list[str], scheme: str) -> list[str]:
+    """One sentence's tags, written in `scheme` ('IOB2', 'IOB1' or 'BIOES'), in IOB2."""
+    if scheme == "BIOES":
+        return [tag if tag == "O" else _IOB2_PREFIX[tag[0]] + tag[1:] for tag in tags]
+    if scheme == "IOB1":
+        return [
+            "B" + tag[1:] if tag.startswith("I-") and _entity_type(prev) != tag[2:] else tag
+            for prev, tag in zip(["O", *tags], tags, strict=False)
+        ]
+    return list(tags)
+
+
+def _refuse_break(where: str, sentences: list[list[str]], shown: list[list[str]], numbers: Sequence[int], rule: str, starts: str) -> None:
+    """Raise for the first sentence of `sentences` with an I- that continues nothing; `shown`
+    are the tags as the file writes them, `starts` the prefixes an entity may start with."""
+    broken = [(n, i) for n, tags in enumerate(sentences) if (i := _first_break(tags)) is not None]
+    if not broken:
+        return
+    n, i = broken[0]
+    tag = shown[n][i]
+    before = "it starts the sentence" if i == 0 else f"the word before is tagged '{shown[n][i - 1]}'"
+    raise UserError(
+        f"{where} sentence {numbers[n]} word {i + 1}: tag '{tag}' continues no entity ({before}); {rule} "
+        f"Start the entity with {' or '.join(f'{p}-{tag[2:]}' for p in starts)} or fix the tag before it (sentences with such a tag: {len(broken)})."
+    )
+
+
+def tag_scheme(sentences: list[list[str]], where: str, numbers: Sequence[int] | None = None) -> str:
+    """The scheme `sentences` (lists of well-formed tags) are written in: 'IOB2', 'IOB1' or
+    'BIOES'. Raises UserError, naming the sentence (its number in `numbers`: the source's,
+    1, 2, ... by default), when the tags fit none of them."""
+    numbers = numbers or range(1, len(sentences) + 1)
+    if any(tag[0] in "ESLU" for tags in sentences for tag in tags if tag != "O"):
+        converted = [to_iob2(tags, "BIOES") for tags in sentences]
+        _refuse_break(where, converted, sentences, numbers, "in BIOES an entity is B- (I-...) E-, or a single S-.", "SB")
+        return "BIOES"
+    if all(_first_break(tags) is None for tags in sentences):
+        return "IOB2"
+    if not any(_b_starts_entities(tags) for tags in sentences):
+        return "IOB1"
+    _refuse_break(where, sentences, sentences, numbers, "other entities here start with B-, as IOB2 requires.", "B")
+    return "IOB2"  # not reached: _refuse_break found the break _first_break did
+
+
+def _check_tag(tag, where: str, n: int, i: int) -> None:
+    if tag is None or tag == "":
+        raise UserError(f"{where} sentence {n} word {i} has no tag ({'null' if tag is None else 'empty'}); tag every word, O outside entities.")
+    if tag != "O" and not (isinstance(tag, str) and _TAG.fullmatch(tag)):
+        ids = " Numbers are class ids: write the tag names instead." if str(tag).isdigit() else ""
+        raise UserError(
+            f"{where} sentence {n} word {i}: tag {tag!r} is not an IOB tag; task=ner needs O and PREFIX-TYPE tags "
+            f"such as B-PER, I-PER (IOB2; IOB1 and BIOES/IOBES are converted).{ids}"
+        )
+
+
+def check_sentences(tokens: list, tags: list, where: str, numbers: Sequence[int] | None = None) -> list[list[str]]:
+    """The tag lists of a split, after checking each sentence has one well-formed tag per word.
+    Errors name a sentence by its number in `numbers` (the source's; 1, 2, ... by default)."""
+    for n, words, labels in zip(numbers or range(1, len(tags) + 1), tokens, tags, strict=True):
+        if not isinstance(words, list) or not isinstance(labels, list):
+            raise UserError(
+                f"{where} sentence {n}: 'tokens' must be a list of words and 'tags' a list with one tag per word; "
+                f"got {type(words).__name__} and {type(labels).__name__}."
+            )
+        if len(words) != len(labels):
+            raise UserError(f"{where} sentence {n} has {len(words)} tokens but {len(labels)} tags; give every token exactly one tag.")
+        for i, tag in enumerate(labels, start=1):
+            _check_tag(tag, where, n, i)
+    return tags
+
+
 @dataclass
 class NERTask:
     name: str = "ner"
@@ -42,14 +153,27 @@ class NERTask:
 
     def __post_init__(self) -> None:
         self.labels: list[str] = []
+        self.schemes: dict[str, str] = {}  # split -> tag scheme of its data (converted to IOB2 in preprocess)
 
     def texts(self, rows):
         for tokens in rows["tokens"]:
             yield " ".join(tokens)
 
     def model_kwargs(self, raw) -> dict:
-        self.labels = common.label_list(tag for tags in raw["train"]["tags"] for tag in tags)
-        common.check_known_labels(raw, "tags", self.labels, nested=True)
+        """Label maps, after checking every split's tags (one per word, a known scheme)."""
+        converted = {}
+        for split, ds in raw.items():
+            where = common.describe(raw, split)
+            numbers = common.source_rows(ds)
+            sentences = check_sentences(ds["tokens"], list(ds["tags"]), where, numbers)
+            self.schemes[split] = scheme = tag_scheme(sentences, where, numbers)
+            if scheme != "IOB2":
+                log.warning("%s: the tags are %s; converted to IOB2, the scheme the model learns (%s)", where, scheme, SCHEME_NOTES[scheme])
+            converted[split] = [to_iob2(tags, scheme) for tags in sentences]
+        self.labels = common.label_list(tag for tags in converted["train"] for tag in tags)
+        if self.labels == ["O"]:
+            log.warning("%s: every word is tagged O, so there is no entity to learn; check the tags column", common.describe(raw, "train"))
+        common.check_known_labels(raw, "tags", self.labels, nested=True, values=converted, unit="sentence")
         return common.label_maps(self.labels)
 
     def _b_to_i(self) -> dict[int, int]:
@@ -57,23 +181,28 @@ class NERTask:
         return {i: index[f"I-{label[2:]}"] for label, i in index.items() if label.startswith("B-") and f"I-{label[2:]}" in index}
 
     def preprocess(self, raw, tokenizer, num_proc=None):
+        from datasets import DatasetDict
+
         if not tokenizer.is_fast:
             raise UserError(f"task=ner needs a fast tokenizer (word_ids); {type(tokenizer).__name__} is not. Use a model with a tokenizer.json.")
         label2id = {label: i for i, label in enumerate(self.labels)}
         b_to_i = self._b_to_i()
 
-        def encode(batch):
+        def encode(batch, scheme: str):
             out = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=self.max_length)
             out["labels"], out["word_labels"] = [], []
             for i, tags in enumerate(batch["tags"]):
-                ids = [label2id[str(t)] for t in tags]
+                ids = [label2id[str(t)] for t in to_iob2(tags, scheme)]
                 word_ids = out.word_ids(i)
                 out["labels"].append(align_labels(word_ids, ids, label_all_tokens=self.label_all_tokens, b_to_i=b_to_i))
                 # Evaluation always reads the first subword of each word, whatever training did.
                 out["word_labels"].append(align_labels(word_ids, ids, label_all_tokens=False, b_to_i=b_to_i))
             return out
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")
+        return DatasetDict({
+            split: ds.map(encode, fn_kwargs={"scheme": self.schemes.get(split, "IOB2")}, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenizing")
+            for split, ds in raw.items()
+        })
 
     def collator(self, tokenizer, train: bool):
         keys = tuple(tokenizer.model_input_names)
@@ -101,10 +230,12 @@ class NERTask:
                 gold_tags.append([self.labels[g] for _, g in keep])
 
         loss = common.run_eval(model, dataloader, accelerator, collect)
+        f1 = float(f1_score(gold_tags, pred_tags, zero_division=0))
         return {
             "precision": float(precision_score(gold_tags, pred_tags, zero_division=0)),
             "recall": float(recall_score(gold_tags, pred_tags, zero_division=0)),
-            "f1": float(f1_score(gold_tags, pred_tags, zero_division=0)),
+            "f1": f1,
+            "f1_stderr": common.proportion_stderr(f1, len(gold_tags)),  # sentences as the unit
             "accuracy": float(accuracy_score(gold_tags, pred_tags)),
-            "loss": loss,
+            "loss": loss.loss,
         }

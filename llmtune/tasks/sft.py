@@ -1,7 +1,9 @@
 """Supervised fine-tuning (SFT) of decoders: learn the response to a prompt, optionally packed.
 
 Rows have `prompt` and `response` columns, or a `messages` column: a chat, a list of
-{"role": "system" | "user" | "assistant", "content": ...}, whose assistant turns are learned.
+{"role": "system" | "user" | "assistant", "content": ...}, whose assistant turns are learned
+(ShareGPT's {"from": "system" | "human" | "gpt", "value": ...} turns are read as the same roles;
+any other role is refused, naming the row).
 Formatting uses the tokenizer's chat template when it has one, else PLAIN_TEMPLATE below.
 The loss covers the response tokens and the EOS that ends each response, nothing else; labels
 come shifted (position t predicts token t+1) like the clm task's, and never across samples.
@@ -37,20 +39,48 @@ PLAIN_TEMPLATE = {
     "assistant": "{content}",
 }
 ROLES = tuple(PLAIN_TEMPLATE)
+# ShareGPT files write a turn as {"from": "human" | "gpt" | "system", "value": ...}: read as these.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def _field(turn: dict, *names: str):
+    """The first of `names` that the turn sets (Arrow gives every turn every key of the column,
+    null where a row did not write it)."""
+    return next((turn[name] for name in names if turn.get(name) is not None), None)
+
+
+def _as_turn(turn):
+    """{role, content} from a turn written with role/content or ShareGPT's from/value keys."""
+    if not isinstance(turn, dict):
+        return turn  # _check_messages reports it
+    role = _field(turn, "role", "from")
+    return {"role": SHAREGPT_ROLES.get(role, role), "content": _field(turn, "content", "value")}
 
 
 def _as_messages(row: dict) -> list[dict]:
-    if row.get("messages") is not None:
-        return row["messages"]
-    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+    if row.get("messages") is None:
+        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+    messages = row["messages"]
+    return [_as_turn(turn) for turn in messages] if isinstance(messages, list) else messages
+
+
+def _check_turn(turn, where: str) -> None:
+    if not isinstance(turn, dict):
+        raise UserError(f"{where}: a turn must be an object like {{\"role\": \"user\", \"content\": \"...\"}}; got {turn!r:.60}.")
+    if turn["role"] not in ROLES:
+        got = f"role '{turn['role']}' is not one task=sft trains on" if turn["role"] is not None else "it has no role ('role', or ShareGPT's 'from')"
+        raise UserError(
+            f"{where}: {got}; use {', '.join(ROLES)} (ShareGPT's human and gpt are read as user and assistant). Fix the role or remove the turn."
+        )
+    if not isinstance(turn["content"], str):
+        raise UserError(f"{where}: the {turn['role']} turn's content must be text ('content', or ShareGPT's 'value'); got {turn['content']!r:.60}.")
 
 
 def _check_messages(messages, where: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects; got {type(messages).__name__}.")
-    for turn in messages:
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
-            raise UserError(f"{where}: each message needs a role ({', '.join(ROLES)}) and a text content; got {turn!r:.80}.")
+    for number, turn in enumerate(messages, start=1):
+        _check_turn(turn, f"{where} turn {number}")
     if not any(turn["role"] == "assistant" for turn in messages):
         raise UserError(f"{where}: the chat has no assistant turn, so there is nothing to learn; add one or remove the row.")
 
@@ -109,9 +139,11 @@ class SFTTask:
         if "messages" in columns or {"prompt", "response"} <= columns:
             return
         where = split.info.description or "the training data"
+        # ShareGPT files keep their chats in 'conversations'.
+        rename = "data.columns={conversations: messages}" if "conversations" in columns else "data.columns={SOURCE: prompt, ...}"
         raise UserError(
             f"{where}: task=sft needs 'prompt' and 'response' columns or a 'messages' column (a list of {{role, content}}); "
-            f"found: {', '.join(sorted(columns)) or 'none'}. Rename columns with data.columns={{SOURCE: prompt, ...}}."
+            f"found: {', '.join(sorted(columns)) or 'none'}. Rename columns with {rename}."
         )
 
     def texts(self, rows):
@@ -121,15 +153,24 @@ class SFTTask:
             yield "".join(text for text, _ in _plain_segments(_as_messages(row))) + "\n"
 
     def model_kwargs(self, raw) -> dict:
-        for split in raw.values():
-            self._columns(split)
+        """No label maps; checks every row of every split before a tokenizer or model loads."""
+        for split, rows in raw.items():
+            self._columns(rows)
+            where = common.describe(raw, split)
+            for number, row in zip(common.source_rows(rows), rows, strict=True):
+                self._messages(row, f"{where} row {number}")
         return {}
 
-    def _pieces(self, row: dict, tokenizer, where: str) -> list[tuple[str, bool]]:
+    def _messages(self, row: dict, where: str) -> list[dict]:
+        """The row as a checked chat of {role, content} turns."""
         if row.get("messages") is None and not (isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
             raise UserError(f"{where}: 'prompt' and 'response' must both be text; fix or remove the row.")
         messages = _as_messages(row)
         _check_messages(messages, where)
+        return messages
+
+    def _pieces(self, row: dict, tokenizer, where: str) -> list[tuple[str, bool]]:
+        messages = self._messages(row, where)
         if getattr(tokenizer, "chat_template", None):
             return _chat_segments(tokenizer, messages, where)
         return _plain_segments(messages)
@@ -140,7 +181,7 @@ class SFTTask:
         appended to every response that does not already hold it (the model learns to stop).
         The plain template starts with BOS when the tokenizer would add one itself; a chat
         template writes its own special tokens."""
-        pieces = [self._pieces(row, tokenizer, f"{where} row {n}") for n, row in enumerate(rows, start=1)]
+        pieces = [self._pieces(row, tokenizer, f"{where} row {n}") for n, row in zip(common.source_rows(rows), rows, strict=True)]
         flat = [text for row in pieces for text, _ in row]
         tokenized = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
         eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
@@ -228,4 +269,4 @@ class SFTTask:
 
     def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
         loss = common.run_eval(model, dataloader, accelerator, forward=self.logits)
-        return {"loss": loss, "perplexity": common.perplexity(loss)}
+        return {"loss": loss.loss, "loss_stderr": loss.stderr, "perplexity": common.perplexity(loss.loss)}

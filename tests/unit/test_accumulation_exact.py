@@ -6,7 +6,7 @@ data makes measurably different (checked by hand below, so the comparison could 
 (File name: tests/integration/test_accumulation.py exists, and two test modules with the same
 basename cannot be collected together without __init__.py files.)
 
-The data (tests/assets/ner_varlen.jsonl) is 32 NER sentences of 1 to 34 words, so micro-batches
+The data (tests/assets/ner_varlen.jsonl) is 32 NER sentences (IOB2) of 1 to 34 words, so micro-batches
 hold very different numbers of labelled tokens. NER rather than classification: a
 classification example has exactly one target, so equal-sized micro-batches make the naive mean
 equal to the exact one and the test could not tell them apart.

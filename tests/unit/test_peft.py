@@ -122,7 +122,7 @@ def test_lora_on_a_decoder_targets_all_projections():
 
 
 def test_lora_named_targets_are_checked():
-    with pytest.raises(UserError, match="not linear layers"):
+    with pytest.raises(UserError, match="qkv_proj matches no linear layer"):
         LoRA(target_modules=["qkv_proj"]).apply(_token_cls(), NERTask())
     model = LoRA(r=2, target_modules=["query", "value"]).apply(_token_cls(), NERTask())
     names = [n for n in _trainable(model) if "lora_" in n]

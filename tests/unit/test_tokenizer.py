@@ -45,6 +45,17 @@ def test_encoder_tokenizer(bert_tok):
     assert [w for w in words if w is not None] == sorted(w for w in words if w is not None)
 
 
+def test_encoder_tokenizer_is_wordpiece(bert_tok):
+    from tokenizers import models
+
+    assert isinstance(bert_tok.backend_tokenizer.model, models.WordPiece)
+    pieces = bert_tok.tokenize("Farmers arrive with baskets of apples")
+    assert any(p.startswith("##") for p in pieces) and not pieces[0].startswith("##")
+    assert "##" not in set(bert_tok.get_vocab()) and len(bert_tok.all_special_tokens) == 5
+    text = corpus_lines()[1]
+    assert bert_tok.decode(bert_tok(text)["input_ids"], skip_special_tokens=True) == text  # "##" pieces joined
+
+
 def test_decoder_tokenizer(gpt_tok):
     assert gpt_tok.is_fast
     assert gpt_tok.eos_token_id is not None and gpt_tok.pad_token_id is not None
