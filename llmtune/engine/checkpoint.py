@@ -4,7 +4,8 @@ Layout of `checkpoints/step-N/`:
     trainable.safetensors  the parameters that train (all of them in a full fine-tune; the
                            adapter and head with LoRA) — the rest is rebuilt from the config
     optimizer.pt, scheduler.pt
-    rng-rank{R}.pt         python, numpy and torch RNG states of each process
+    rng-rank{R}.pt         python, numpy and torch RNG states of each process, as plain ints,
+                           lists and tensors
     state.json             step, epoch, position in the epoch, best metric, run fingerprint,
                            and the size of every other file (written last)
 
@@ -19,6 +20,16 @@ A checkpoint is written under a temporary name and renamed into place when compl
 process killed mid-save leaves the previous checkpoints intact and no half-written `step-N`.
 A checkpoint whose files do not match the sizes in its state.json (truncated, damaged) is
 skipped when resuming. Rotation deletes old checkpoints only after the new one is complete.
+
+A checkpoint may come from someone else, so loading one must not run code: every .pt file is
+read with torch.load(weights_only=True), which builds tensors and plain containers only, and a
+file holding anything else is refused with one line (exit 2). The size check runs first and
+never unpickles: a file whose size does not match state.json is damage, skipped by
+trainer.resume=auto with a warning; a file of the right size that a safe load refuses is not
+damage but a foreign or tampered checkpoint, and the resume stops there rather than falling
+back to an older one without a word. Outside this guarantee: under FSDP, torch's distributed
+checkpoint reads `sharded/.metadata` with plain pickle (and non-tensor entries with
+torch.load(weights_only=False)); under DeepSpeed, the DeepSpeed engine reads its own files.
 """
 
 from __future__ import annotations
@@ -26,10 +37,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -135,7 +148,11 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as ints, lists and tensors: a safe load reads it back with
+    nothing allow-listed (numpy's own form holds an ndarray)."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"]["key"] = numpy["state"]["key"].tolist()
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -143,7 +160,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):  # the plain form of _rng_state (older files hold numpy's tuple)
+        numpy = {**numpy, "state": {**numpy["state"], "key": np.array(numpy["state"]["key"], dtype=np.uint32)}}
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -175,8 +195,8 @@ def save(directory: Path, state: TrainState, model, optimizer, scheduler, accele
             if layout == "plain":
                 unwrapped = accelerator.unwrap_model(model)
                 save_file(trainable_state(unwrapped), tmp / "trainable.safetensors")
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                torch.save(_plain(optimizer.state_dict()), tmp / "optimizer.pt")
+            torch.save(_plain(scheduler.state_dict()), tmp / "scheduler.pt")
             files = _file_sizes(tmp)
             (tmp / "state.json").write_text(json.dumps({**asdict(state), "files": files}, indent=1))
             for sub in (SHARDED_DIR, DEEPSPEED_DIR):
@@ -200,6 +220,21 @@ def save(directory: Path, state: TrainState, model, optimizer, scheduler, accele
         _rotate(directory, keep, protect)
     accelerator.wait_for_everyone()
     return final
+
+
+def _plain(obj):
+    """`obj` with every other mapping and sequence type made a dict or list: an optimizer keeps
+    its hyper-parameters as it was given them (bitsandbytes keeps a config's list type for
+    betas), and a safe load refuses such types on resume."""
+    if isinstance(obj, (str, bytes)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {key: _plain(value) for key, value in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_plain(value) for value in obj)
+    if isinstance(obj, Sequence):
+        return [_plain(value) for value in obj]
+    return obj
 
 
 def _fsync_dir(path: Path) -> None:
@@ -242,20 +277,55 @@ def load_trainable(path: Path, model) -> None:
 
 
 def load(path: Path, model, optimizer, scheduler, accelerator) -> TrainState:
-    """Restore a checkpoint written by `save` into freshly built objects."""
+    """Restore a checkpoint written by `save` into freshly built objects. Its .pt files are all
+    read (safely) before anything is restored, so a refused one leaves everything as it was."""
     layout = _check_layout(path, model, accelerator)
+    optimizer_state = _safe_load(path / "optimizer.pt") if layout == "plain" else None
+    scheduler_state = _safe_load(path / "scheduler.pt")
+    rng_file = path / f"rng-rank{accelerator.process_index}.pt"
+    rng_state = _safe_load(rng_file, allow=_legacy_rng_globals()) if rng_file.exists() else None
     if layout == "sharded":
         _load_sharded(path / SHARDED_DIR, model, optimizer)
     elif layout == "deepspeed":
         accelerator.load_state(str(path / DEEPSPEED_DIR))
     else:
         load_trainable(path, accelerator.unwrap_model(model))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng_file = path / f"rng-rank{accelerator.process_index}.pt"
-    if rng_file.exists():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    if rng_state is not None:
+        _set_rng_state(rng_state)
     return read_state(path)
+
+
+def _safe_load(file: Path, allow: list | None = None):
+    """torch.load that builds tensors and plain containers only (and the types in `allow`), so
+    a checkpoint from someone else cannot run code; a refusal is one line naming the file."""
+    try:
+        with torch.serialization.safe_globals(allow or []):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"trainer.resume: {file} holds objects a safe load refuses ({_refused(exc)}); it was not written "
+            "by llmtune or was tampered with — resume from a checkpoint you trust."
+        ) from exc
+
+
+def _refused(exc: Exception) -> str:
+    """The gist of torch's long weights-only message: the global it met, or what failed."""
+    text = str(exc)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return found.group(1)
+    if found := re.search(r"WeightsUnpickler error:\s*(.+)", text):
+        return found.group(1).strip()
+    return _first_line(exc)
+
+
+def _legacy_rng_globals() -> list:
+    """What an rng-rank{R}.pt written before the plain form (see _rng_state) needs: numpy's
+    state tuple holds a uint32 ndarray. These types rebuild an array of numbers and nothing
+    else (accelerate allow-lists the same for its RNG files)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def read_state(path: Path) -> TrainState:
