@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -129,40 +130,45 @@ def total_steps(tcfg, steps_per_epoch: int) -> int:
     return tcfg.max_steps or tcfg.max_epochs * steps_per_epoch
 
 
-def build_trainer(cfg, accelerator, run_dir: Path):
-    """Data, tokenizer, model, PEFT, optimizer, scheduler and callbacks for one run."""
-    with bitsandbytes_hidden(cfg):
-        return _build_trainer(cfg, accelerator, run_dir)
+@dataclass
+class DataParts:
+    """A run's task, data and tokenizer (build_data)."""
+
+    task: object
+    raw: object           # DatasetDict of raw rows (train, validation, test)
+    fingerprint: str      # what the raw data is, for the tokenization cache
+    tokenizer: object
+    data: object          # the tokenized DatasetDict
 
 
-def _build_trainer(cfg, accelerator, run_dir: Path):
-    from accelerate.utils import set_seed
-
+def build_data(cfg, accelerator) -> DataParts:
+    """Task, raw data, tokenizer and tokenized data. The task checks its data (labels, tags,
+    chats) and the model's config is checked against it before a tokenizer is trained or
+    loaded and before any weights load."""
     from llmtune.data.load import load_raw, tokenize
-    from llmtune.engine import checkpoint
-    from llmtune.engine.batching import make_plan
-    from llmtune.engine.callbacks import EarlyStopping, JsonlLogger, ProgressCallback
-    from llmtune.engine.loop import Trainer
-    from llmtune.models import check_model, load_model, load_tokenizer
-    from llmtune.peft.heads import count_parameters
+    from llmtune.models import check_model, load_tokenizer
 
-    t = cfg.trainer
-    set_seed(cfg.seed)
-    set_matmul_precision(t.tf32)
     task = build_task(cfg)
     raw, fingerprint = load_raw(cfg.data, task, cfg.seed)
-    resume_from = checkpoint.resolve_resume(t.resume, run_dir)
-    # The task checks its data (labels, tags, chats) and the model's config is checked against
-    # it before a tokenizer is trained or loaded and before any weights load.
-    model_kwargs = task.model_kwargs(raw)
-    check_model(cfg.model, task, model_kwargs)
+    task.setup(raw)
+    check_model(cfg.model, task, task.model_kwargs())
     tokenizer = load_tokenizer(cfg.model, task, task.texts(raw["train"]))
     data = tokenize(raw, task, tokenizer, cfg.data, fingerprint, accelerator)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items())
     log.info("data: %s (%s)", sizes, raw["train"].info.description)
+    return DataParts(task, raw, fingerprint, tokenizer, data)
 
+
+def build_model(cfg, task, tokenizer):
+    """The model for the task, with its PEFT method applied: (model, method)."""
+    from accelerate.utils import set_seed
+
+    from llmtune.models import load_model
+    from llmtune.peft.heads import count_parameters
+
+    t = cfg.trainer
     set_seed(cfg.seed)  # the same initial weights whatever the data loading consumed
-    model = load_model(cfg.model, task, tokenizer, model_kwargs)
+    model = load_model(cfg.model, task, tokenizer, task.model_kwargs())
     if t.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     method = _instantiate(cfg.peft, "peft")
@@ -172,23 +178,61 @@ def _build_trainer(cfg, accelerator, run_dir: Path):
         model.compile()
     trainable, total = count_parameters(model)
     log.info("parameters: %s trainable of %s total (%.2f%%, peft=%s)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1), method.method)
+    return model, method
 
-    lengths = [len(ids) for ids in data["train"]["input_ids"]]
-    plan = make_plan(lengths, t, accelerator.num_processes, cfg.seed)
+
+def build_optimization(cfg, model, method, train_data, num_processes: int):
+    """Batch plan, optimizer and scheduler: (plan, optimizer, scheduler, total steps)."""
+    from llmtune.engine.batching import make_plan
+
+    t = cfg.trainer
+    lengths = [len(ids) for ids in train_data["input_ids"]]
+    plan = make_plan(lengths, t, num_processes, cfg.seed)
     plan.check()
     steps = total_steps(t, plan.steps_per_epoch)
     lr = cfg.optimizer.lr if cfg.optimizer.lr is not None else method.default_lr
     optimizer = _instantiate(cfg.optimizer, "optimizer", lr=lr)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
     scheduler = _instantiate(cfg.scheduler, "scheduler")(optimizer, num_training_steps=steps)
-    log.info(
-        "training: %d steps of %s, %.1f epochs, lr %g", steps, plan.describe(), steps / plan.steps_per_epoch, lr,
-    )
-    callbacks = [JsonlLogger(run_dir / "train_log.jsonl", enabled=accelerator.is_main_process), ProgressCallback(enabled=accelerator.is_main_process), EarlyStopping(t.early_stopping_patience)]
+    log.info("training: %d steps of %s, %.1f epochs, lr %g", steps, plan.describe(), steps / plan.steps_per_epoch, lr)
+    return plan, optimizer, scheduler, steps
+
+
+def build_callbacks(cfg, run_dir: Path, is_main: bool) -> list:
+    """The `callbacks` group (conf/callbacks/): each entry is built with the run directory and
+    whether this process is the main one; a null entry is switched off. Early stopping belongs
+    to the trainer settings (trainer.early_stopping_patience) and always comes last."""
+    from llmtune.engine.callbacks import EarlyStopping
+
+    built = [
+        _instantiate(node, f"callbacks.{name}", run_dir=run_dir, is_main=is_main)
+        for name, node in (cfg.get("callbacks") or {}).items() if node is not None
+    ]
+    return [*built, EarlyStopping(cfg.trainer.early_stopping_patience)]
+
+
+def build_trainer(cfg, accelerator, run_dir: Path):
+    """Every part of one training run, composed into a Trainer: (trainer, peft method)."""
+    with bitsandbytes_hidden(cfg):
+        return _build_trainer(cfg, accelerator, run_dir)
+
+
+def _build_trainer(cfg, accelerator, run_dir: Path):
+    from accelerate.utils import set_seed
+
+    from llmtune.engine import checkpoint
+    from llmtune.engine.loop import Trainer
+
+    t = cfg.trainer
+    set_seed(cfg.seed)
+    set_matmul_precision(t.tf32)
+    parts = build_data(cfg, accelerator)
+    resume_from = checkpoint.resolve_resume(t.resume, run_dir)
+    model, method = build_model(cfg, parts.task, parts.tokenizer)
+    plan, optimizer, scheduler, steps = build_optimization(cfg, model, method, parts.data["train"], accelerator.num_processes)
     trainer = Trainer(
-        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, task=task, tokenizer=tokenizer,
-        datasets=data, plan=plan, total_steps=steps, run_dir=run_dir, tcfg=t, seed=cfg.seed, callbacks=callbacks,
-        resume_from=resume_from,
-        fingerprint={"task": task.name, "peft": method.method, "step_size": plan.fingerprint, "max_length": task.max_length,
-                     "packing": bool(getattr(task, "packing", False))},
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, task=parts.task, tokenizer=parts.tokenizer,
+        datasets=parts.data, raw=parts.raw, plan=plan, total_steps=steps, run_dir=run_dir, tcfg=t, seed=cfg.seed,
+        callbacks=build_callbacks(cfg, run_dir, accelerator.is_main_process), resume_from=resume_from,
+        fingerprint={**parts.task.fingerprint(), "peft": method.method, "step_size": plan.fingerprint},
     )
     return trainer, method

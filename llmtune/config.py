@@ -18,7 +18,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from llmtune.errors import UserError, closest_key, did_you_mean
 
 PRECISIONS = ("no", "bf16", "fp16")
-PRETRAIN_TASKS = ("mlm", "clm")
 MAX_PREFLIGHT_COMBINATIONS = 64
 _MISSING = object()
 # Keys whose shipped default is null carry no type to compare with; these are their types
@@ -235,6 +234,24 @@ def _check_type(key: str, default: Any, value: Any) -> None:
         raise UserError(f"{key}={value!r}: expected {name}. Fix the value on the command line.")
 
 
+def pretraining_tasks(config_dir: str | None = None) -> list[str]:
+    """The task options that run under `llmtune pretrain` (`is_pretraining: true` in conf/task/)."""
+    from llmtune.paths import conf_dir
+
+    folder = Path(config_dir or conf_dir()) / "task"
+    if not folder.is_dir():  # a recipe directory: the task group lives in conf/
+        folder = conf_dir() / "task"
+    return sorted(p.stem for p in folder.glob("*.yaml") if OmegaConf.load(p).get("is_pretraining", False))
+
+
+def _check_pretraining_task(config_dir: str, option: str) -> None:
+    allowed = pretraining_tasks(config_dir)
+    if option not in allowed:
+        raise UserError(
+            f"task={option}: `llmtune pretrain` runs {' or '.join(f'task={t}' for t in allowed)}; for task={option} use `llmtune finetune task={option}`."
+        )
+
+
 def _check_combination(config_dir: str, config_name: str, overrides: list[str]) -> DictConfig:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -242,10 +259,8 @@ def _check_combination(config_dir: str, config_name: str, overrides: list[str]) 
     for ov in parsed:
         if _is_group(ov.key_or_group):
             _check_group_option(ov)
-        if config_name == "pretrain" and ov.key_or_group == "task" and ov.value() not in PRETRAIN_TASKS:
-            raise UserError(
-                f"task={ov.value()}: `llmtune pretrain` runs task=mlm or task=clm; for task={ov.value()} use `llmtune finetune task={ov.value()}`."
-            )
+        if config_name == "pretrain" and ov.key_or_group == "task":
+            _check_pretraining_task(config_dir, str(ov.value()))
     base = _compose(config_dir, config_name, _group_choices(overrides))
     for ov in parsed:
         if _is_group(ov.key_or_group) or ov.key_or_group.startswith("hydra"):

@@ -91,13 +91,19 @@ def _write_final(trainer, method, cfg, final: Path, weights: dict | None = None)
     info = {
         "task": task.name,
         "auto_class": task.auto_class,
-        "labels": getattr(task, "labels", None) or None,
+        **task.state(),   # what the task needs to be used again (label names)
         "peft": method.method,
         "base_model": cfg.model.name_or_path,
         # What was loaded: an absolute local folder (for a hub id with a packaged copy, that copy),
         # which plain transformers and peft load offline; adapter_config.json records the same.
         "base_model_path": getattr(base, "name_or_path", None) or None,
         "main_metric": task.main_metric,
+        # How to rebuild the task and the PEFT method: final/ is usable on its own (llmtune.trained).
+        "task_config": OmegaConf.to_container(cfg.task, resolve=True),
+        "peft_config": OmegaConf.to_container(cfg.peft, resolve=True),
+        # A model built from scratch is rebuilt from these (an adapter's base is not saved).
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "seed": cfg.seed,
     }
     (final / "llmtune.json").write_text(json.dumps(info, indent=1))
     log.info("saved %s to %s", "adapter" if method.is_adapter else "model", final)

@@ -55,9 +55,9 @@ def subprocess_env(cache) -> dict:
 
 @contextlib.contextmanager
 def nan_loss_at_call(n: int):
-    """The training loss (llmtune.engine.loop.cross_entropy_sum) is NaN on its n-th call;
-    yields the list of calls so far."""
-    from llmtune.engine import loop
+    """The training loss (llmtune.engine.loss.cross_entropy_sum, the default Task.loss) is NaN
+    on its n-th call; yields the list of calls so far."""
+    from llmtune.engine import loss as loop
 
     real, calls = loop.cross_entropy_sum, []
 

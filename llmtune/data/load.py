@@ -33,7 +33,6 @@ def load_raw(data_cfg, task, seed: int):
     from datasets import Dataset, DatasetDict, DatasetInfo
 
     from llmtune.data.builtin import builtin_splits
-    from llmtune.data.readers import read_rows, require_columns, to_dataset
 
     renames = dict(data_cfg.columns or {})
     splits: dict[str, Dataset] = {}
@@ -44,9 +43,7 @@ def load_raw(data_cfg, task, seed: int):
             if not path:
                 continue
             path = Path(str(path)).expanduser().resolve()
-            rows = [{renames.get(k, k): v for k, v in row.items()} for row in read_rows(path, key=f"data.{key}")]
-            require_columns(rows, list(task.required_columns), path=path, key=f"data.{key}")
-            splits[split] = to_dataset(rows, path=path, key=f"data.{key}", description=f"data.{key}: {path}")
+            splits[split] = read_split(path, key, task, renames)
             digests[split] = hashlib.sha256(path.read_bytes()).hexdigest()
         fingerprint = _sha(digests)
     elif data_cfg.name:
@@ -76,6 +73,17 @@ def load_raw(data_cfg, task, seed: int):
             splits[split] = ds.select(range(limit))
     fingerprint = _sha([fingerprint, data_cfg.max_train_samples, data_cfg.max_eval_samples])
     return DatasetDict(splits), fingerprint
+
+
+def read_split(path: Path, key: str, task, renames: dict):
+    """One data file (the value of data.<key>) as a split: columns renamed by data.columns,
+    the task's required columns checked; its description names the key and file."""
+    from llmtune.data.readers import read_rows, require_columns, to_dataset
+
+    path = Path(str(path)).expanduser().resolve()
+    rows = [{renames.get(k, k): v for k, v in row.items()} for row in read_rows(path, key=f"data.{key}")]
+    require_columns(rows, list(task.required_columns), path=path, key=f"data.{key}")
+    return to_dataset(rows, path=path, key=f"data.{key}", description=f"data.{key}: {path}")
 
 
 def held_out_size(fraction: float, cap: int | None, rows: int) -> float | int:
@@ -172,7 +180,7 @@ def tokenize(raw, task, tokenizer, data_cfg, fingerprint: str, accelerator):
     task_settings = asdict(task) if is_dataclass(task) else {}
     num_proc = data_cfg.get("num_proc")
     # num_proc is in the key: LM tasks pack blocks within each shard, so it shapes the blocks.
-    key = _sha([fingerprint, type(task).__name__, task_settings, getattr(task, "labels", None), tokenizer_fingerprint(tokenizer), num_proc, __version__])[:20]
+    key = _sha([fingerprint, type(task).__name__, task_settings, list(task.labels), tokenizer_fingerprint(tokenizer), num_proc, __version__])[:20]
     path = Path(str(data_cfg.cache_dir)).expanduser() / "tokenized" / key
     with accelerator.main_process_first():
         if data_cfg.cache and (path / "dataset_dict.json").is_file():

@@ -1,5 +1,9 @@
 """Things that happen at step intervals, kept out of the loop: logging lines to
-train_log.jsonl, the progress bar, early stopping."""
+train_log.jsonl, the progress bar, early stopping.
+
+Callbacks other than early stopping come from the `callbacks` config group (conf/callbacks/):
+a tracker or a plot is one Callback class plus one entry there. Each is built with
+`run_dir` (the run's directory) and `is_main` (whether this process is the one that writes)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ log = logging.getLogger("llmtune")
 
 
 class Callback:
-    """Hooks run on every process; a callback that writes files checks it is the main one."""
+    """Hooks run on every process; a callback that writes files checks it is the main one.
+    `record` is the train_log.jsonl object of that log step or evaluation."""
 
     def on_train_start(self, state: TrainState, total_steps: int) -> None: ...
     def on_step(self, state: TrainState) -> None: ...
@@ -26,8 +31,8 @@ class JsonlLogger(Callback):
     """One JSON object per log step and per evaluation, flushed as written (a killed run keeps
     its log). Only the main process writes."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
+    def __init__(self, run_dir: Path, is_main: bool) -> None:
+        self.path, self.enabled = Path(run_dir) / "train_log.jsonl", is_main
 
     def _write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -52,8 +57,10 @@ class JsonlLogger(Callback):
 
 
 class ProgressCallback(Callback):
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    """The progress bar on the console (main process only)."""
+
+    def __init__(self, run_dir: Path, is_main: bool) -> None:
+        self.enabled = is_main
         self.bar = None
 
     def on_train_start(self, state, total_steps):

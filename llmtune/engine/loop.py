@@ -35,10 +35,10 @@ from llmtune.engine.batching import FixedBatches, bucketed
 from llmtune.engine.callbacks import Callback, EarlyStopping
 from llmtune.engine.checkpoint import TrainState
 from llmtune.engine.finite import FiniteGuard
-from llmtune.engine.loss import count_targets, cross_entropy_sum
+from llmtune.engine.loss import count_targets
 from llmtune.engine.signals import TRAINING_PLAN, EvaluationStopped, StopBetweenBatches, StopRequest
 from llmtune.errors import Interrupted, TrainingError, UserError
-from llmtune.tasks.common import model_logits
+from llmtune.tasks.base import EvalContext
 
 log = logging.getLogger("llmtune")
 
@@ -56,6 +56,7 @@ class Trainer:
     task: object
     tokenizer: object
     datasets: object                  # DatasetDict with train (+ validation, test), tokenized
+    raw: object                       # the same splits as raw rows (what evaluation contexts show tasks)
     plan: object                      # BatchPlan or TokenBudgetPlan (llmtune.engine.batching)
     total_steps: int
     run_dir: Path
@@ -97,23 +98,30 @@ class _StepBatches(Dataset):
 
 
 def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Tensors to the device; metadata (the Task contract: anything else) stays as it is."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _is_better(value: float, best: float | None, greater: bool) -> bool:
     return best is None or (value > best if greater else value < best)
 
 
-def eval_loader(trainer: Trainer, split: str):
-    """A length-sorted (less padding) loader over a split, sharded by accelerate."""
-    data = trainer.datasets[split]
+def eval_loader(task, tokenizer, data, tcfg, accelerator) -> tuple[DataLoader, list[int]]:
+    """A length-sorted (less padding) loader over a tokenized split, sharded by accelerate, and
+    the order in which it yields the examples (indices into `data`, one process). Training and
+    the `evaluate` verb share it, so both score a split the same way."""
     lengths = [len(ids) for ids in data["input_ids"]]
     order = sorted(range(len(data)), key=lambda i: -lengths[i])
-    size = trainer.tcfg.eval_batch_size
+    size = tcfg.eval_batch_size
     batches = [order[i : i + size] for i in range(0, len(order), size)]
-    collate = bucketed(trainer.task.collator(trainer.tokenizer, train=False), trainer.tcfg, trainer.tokenizer)
+    collate = bucketed(task.collator(tokenizer, train=False), tcfg, tokenizer)
     loader = DataLoader(data, batch_sampler=FixedBatches(batches, size), collate_fn=collate)
-    return trainer.accelerator.prepare_data_loader(loader)
+    return accelerator.prepare_data_loader(loader), order
+
+
+def eval_context(task, tokenizer, raw_split, order: list[int], accelerator) -> EvalContext:
+    """What a task's evaluate gets besides the model and loader (the Task contract)."""
+    return EvalContext(accelerator=accelerator, tokenizer=tokenizer, raw=raw_split, order=order)
 
 
 def fit(trainer: Trainer) -> FitResult:
@@ -141,7 +149,6 @@ class _Fit:
         self.grad_norm = None
         self.finite = FiniteGuard(self.acc, self.optimizer, self.t.skip_nonfinite, trainer.run_dir / "checkpoints")
         device = self.acc.device
-        self.logits = getattr(trainer.task, "logits", model_logits)
         self.window = {"loss": torch.zeros((), device=device), "targets": 0, "tokens": 0, "t0": time.perf_counter()}
 
     # ------------------------------------------------------------------ the loop
@@ -262,8 +269,8 @@ class _Fit:
             labels = batch.pop("labels")
             # Gradients are all-reduced once per step, on the last micro-batch.
             with nullcontext() if i == len(batches) - 1 else acc.no_sync(self.model):
-                logits, labels = self.logits(self.model, batch, labels)
-                loss_sum = cross_entropy_sum(logits, labels)
+                logits, labels = self.task.logits(self.model, batch, labels)
+                loss_sum = self.task.loss(logits, labels)
                 acc.backward(loss_sum * scale)
             loss_total += loss_sum.detach()
         self.step_loss = loss_total
@@ -353,11 +360,15 @@ class _Fit:
         """The task's metrics over a split. A stop signal ends the evaluation before its next
         batch and stops the run as one during training does (_stop): a long evaluation must
         not hold a scheduler's SIGTERM until its grace period runs out."""
+        trainer = self.trainer
         if split not in self.loaders:
-            self.loaders[split] = eval_loader(self.trainer, split)
+            loader, order = eval_loader(self.task, trainer.tokenizer, trainer.datasets[split], self.t, self.acc)
+            raw = trainer.raw[split] if trainer.raw is not None and split in trainer.raw else None
+            self.loaders[split] = loader, eval_context(self.task, trainer.tokenizer, raw, order, self.acc)
+        loader, ctx = self.loaders[split]
         self.stop.plan = self._eval_plan()
         try:
-            metrics = self.task.evaluate(self.model, StopBetweenBatches(self.loaders[split], self._agreed_signal), self.acc)
+            metrics = self.task.evaluate(self.model, StopBetweenBatches(loader, self._agreed_signal), ctx)
         except EvaluationStopped as stopped:
             self._stop(stopped.signum, f", in the {split} evaluation after {stopped.batches_done} of {stopped.batches} batches")
         self.stop.plan = TRAINING_PLAN

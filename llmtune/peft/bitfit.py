@@ -29,3 +29,11 @@ class BitFit:
 
     def save(self, model, directory, state_dict: dict | None = None) -> None:
         model.save_pretrained(directory, state_dict=state_dict)  # the whole model: loads with plain AutoModelFor*
+
+    def load(self, final, auto, info: dict, base=None):
+        """A final/ this method saved, as a model (final/ is a whole model folder)."""
+        return auto.from_pretrained(final)
+
+    def merged(self, model):
+        """The model as one plain transformers model (nothing to merge)."""
+        return model

@@ -94,3 +94,25 @@ class LoRA:
 
     def save(self, model, directory, state_dict: dict | None = None) -> None:
         model.save_pretrained(directory, state_dict=state_dict)  # adapter + head weights + adapter_config.json
+
+    def load(self, final, auto, info: dict, base=None):
+        """A final/ this method saved: the base model, built with final/'s config (it carries
+        the label maps), plus the adapter. The base is the local folder the run loaded it from,
+        or `base` (a model built from scratch, rebuilt by the caller from its config and seed)."""
+        from peft import PeftConfig, PeftModel
+        from transformers import AutoConfig
+
+        if base is not None:
+            return PeftModel.from_pretrained(base, final)
+        base_path = info.get("base_model_path") or PeftConfig.from_pretrained(final).base_model_name_or_path
+        if not base_path:
+            raise UserError(f"{final}: the adapter's base model is not recorded (llmtune.json base_model_path); it cannot be loaded.")
+        try:
+            base = auto.from_pretrained(base_path, config=AutoConfig.from_pretrained(final))
+        except OSError as exc:
+            raise UserError(f"{final}: cannot load its base model from {base_path} ({str(exc).splitlines()[0]}); the adapter needs it.") from None
+        return PeftModel.from_pretrained(base, final)
+
+    def merged(self, model):
+        """The adapter folded into the base weights: one plain transformers model."""
+        return model.merge_and_unload()

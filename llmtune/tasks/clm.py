@@ -8,7 +8,8 @@ import torch
 
 from llmtune.errors import UserError
 from llmtune.tasks import common
-from llmtune.tasks.base import IGNORE_INDEX
+from llmtune.tasks.base import IGNORE_INDEX, PredictContext, Task
+from llmtune.tasks.generation import GENERATION_DEFAULTS, encode_prompts, generate_texts
 
 
 def shift_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -22,22 +23,18 @@ def shift_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch
 
 
 @dataclass
-class CLMTask:
+class CLMTask(Task):
     name: str = "clm"
     max_length: int = 128
     builtin: str = "text"
+    is_pretraining: bool = True
 
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     main_metric = "loss"
     greater_is_better = False
     required_columns = ("text",)
-
-    def texts(self, rows):
-        yield from rows["text"]
-
-    def model_kwargs(self, raw) -> dict:
-        return {}
+    predict_params = GENERATION_DEFAULTS
 
     def preprocess(self, raw, tokenizer, num_proc=None):
         if tokenizer.eos_token_id is None:
@@ -48,7 +45,7 @@ class CLMTask:
             ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
             return {"input_ids": common.pack_into_blocks([row + [eos] for row in ids], self.max_length)}
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")
+        return raw.map(encode, batched=True, remove_columns=next(iter(raw.values())).column_names, num_proc=num_proc, desc="tokenizing")
 
     def collator(self, tokenizer, train: bool):
         def collate(features: list[dict]) -> dict:
@@ -58,6 +55,11 @@ class CLMTask:
 
         return collate
 
-    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
-        loss = common.run_eval(model, dataloader, accelerator)
-        return {"loss": loss.loss, "loss_stderr": loss.stderr, "perplexity": common.perplexity(loss.loss)}
+    def read_input(self, item, where: str) -> dict:
+        row = super().read_input(item, where)
+        return {"text": row["text"]}
+
+    def predict(self, model, rows: list[dict], ctx: PredictContext) -> list[dict]:
+        """The continuation of each text (greedy unless temperature > 0)."""
+        inputs = encode_prompts(ctx.tokenizer, [row["text"] for row in rows], add_special_tokens=False)
+        return [{"generated": text} for text in generate_texts(model, ctx.tokenizer, inputs, ctx.params)]

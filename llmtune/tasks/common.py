@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from llmtune.errors import UserError
-from llmtune.tasks.base import IGNORE_INDEX
+from llmtune.tasks.base import IGNORE_INDEX, model_inputs
 
 log = logging.getLogger("llmtune")
 
@@ -94,7 +94,7 @@ def label_maps(labels: list[str]) -> dict:
 def model_logits(model, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass every task uses unless it defines its own `logits` (the Task protocol):
     logits at every position, and the labels unchanged."""
-    return model(**batch).logits, labels
+    return model(**model_inputs(batch)).logits, labels
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,7 @@ def packed_forward(model, batch: dict, labels: torch.Tensor, flatten: bool = Fal
     `flatten` joins the batch's rows into one row: flash attention keeps samples apart (its
     variable-length kernel, from the position ids) only within a single row, and then skips the
     padding-free mask altogether. The position ids still restart at every sample."""
+    batch = model_inputs(batch)
     if "position_ids" not in batch:
         return model(**batch).logits, labels
     batch = {k: v for k, v in batch.items() if k != "attention_mask"}

@@ -9,7 +9,7 @@ import torch
 
 from llmtune.errors import UserError
 from llmtune.tasks import common
-from llmtune.tasks.base import IGNORE_INDEX
+from llmtune.tasks.base import IGNORE_INDEX, PredictContext, Task, model_inputs
 
 
 def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, tokenizer, probability: float, generator=None):
@@ -26,23 +26,19 @@ def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, tokenizer, prob
 
 
 @dataclass
-class MLMTask:
+class MLMTask(Task):
     name: str = "mlm"
     max_length: int = 128
     mlm_probability: float = 0.15
     builtin: str = "text"
+    is_pretraining: bool = True
 
     auto_class = "AutoModelForMaskedLM"
     peft_task_type = "FEATURE_EXTRACTION"  # peft has no MLM task type; adapters still apply
     main_metric = "loss"
     greater_is_better = False
     required_columns = ("text",)
-
-    def texts(self, rows):
-        yield from rows["text"]
-
-    def model_kwargs(self, raw) -> dict:
-        return {}
+    predict_params = {"top_k": 5}
 
     def preprocess(self, raw, tokenizer, num_proc=None):
         if tokenizer.mask_token_id is None:
@@ -55,7 +51,7 @@ class MLMTask:
             blocks = common.pack_into_blocks([row + [sep] for row in ids], inner)
             return {"input_ids": [[cls, *b, sep] for b in blocks]}
 
-        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=num_proc, desc="tokenizing")
+        return raw.map(encode, batched=True, remove_columns=next(iter(raw.values())).column_names, num_proc=num_proc, desc="tokenizing")
 
     def collator(self, tokenizer, train: bool):
         specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
@@ -88,17 +84,34 @@ class MLMTask:
         picked = labels != IGNORE_INDEX
         decoder = _decoder(model)
         if decoder is None:  # a model without get_output_embeddings: every position
-            return model(**batch).logits, labels
+            return model(**model_inputs(batch)).logits, labels
         decoder._llmtune_picked = picked
         try:
-            logits = model(**batch).logits
+            logits = model(**model_inputs(batch)).logits
         finally:
             decoder._llmtune_picked = None
         return logits, labels[picked]
 
-    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
-        loss = common.run_eval(model, dataloader, accelerator, forward=self.logits)
-        return {"loss": loss.loss, "loss_stderr": loss.stderr, "perplexity": common.perplexity(loss.loss)}
+    def read_input(self, item, where: str) -> dict:
+        row = super().read_input(item, where)
+        return {"text": row["text"]}
+
+    def predict(self, model, rows: list[dict], ctx: PredictContext) -> list[dict]:
+        """The top-k fills of each mask token in each text (task.predict top_k=5)."""
+        tok, k = ctx.tokenizer, int(ctx.params.get("top_k", 5))
+        enc = tok([row["text"] for row in rows], truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc.to(ctx.device)).logits.float().cpu()
+        out = []
+        for i in range(len(rows)):
+            masks = []
+            for position in (enc["input_ids"][i] == tok.mask_token_id).nonzero().flatten().tolist():
+                probs = torch.softmax(logits[i, position], dim=-1)
+                top = torch.topk(probs, k=min(k, probs.numel()))
+                masks.append([{"token": tok.convert_ids_to_tokens(int(t)), "score": round(float(p), 6)}
+                              for p, t in zip(top.values, top.indices, strict=True)])
+            out.append({"masks": masks})
+        return out
 
 
 def _row_generator(row: torch.Tensor) -> torch.Generator:

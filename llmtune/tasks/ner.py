@@ -7,9 +7,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from llmtune.errors import UserError
 from llmtune.tasks import common
-from llmtune.tasks.base import IGNORE_INDEX
+from llmtune.tasks.base import IGNORE_INDEX, EvalContext, PredictContext, Task
 
 log = logging.getLogger("llmtune")
 
@@ -138,8 +140,37 @@ def check_sentences(tokens: list, tags: list, where: str, numbers: Sequence[int]
     return tags
 
 
+# Words of a plain-text input for `predict`: runs of letters/digits (with inner ' - . kept,
+# as in "O'Neil", "Jean-Luc", "U.S."), or single other non-space characters.
+WORD = re.compile(r"\w+(?:['\-.]\w+)*|[^\w\s]")
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """(word, start, end) of each word of `text`, character offsets into it."""
+    return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+
+
+def entities(tags: list[str], spans: list[tuple[str, int, int]], text: str, scores: list[float]) -> list[dict]:
+    """IOB2 tags over words -> entities with type, text, character offsets and mean score."""
+    found, current = [], None
+    for tag, (_, start, end), score in zip(tags, spans, scores, strict=True):
+        kind = tag[2:] if tag != "O" else None
+        if current is not None and (tag.startswith("I-") and kind == current["type"]):
+            current["end"], current["scores"] = end, current["scores"] + [score]
+            continue
+        if current is not None:
+            found.append(current)
+            current = None
+        if kind is not None:  # B-, or an I- that starts an entity (read as B-, as seqeval does)
+            current = {"type": kind, "start": start, "end": end, "scores": [score]}
+    if current is not None:
+        found.append(current)
+    return [{"type": e["type"], "text": text[e["start"]:e["end"]], "start": e["start"], "end": e["end"],
+             "score": round(sum(e["scores"]) / len(e["scores"]), 6)} for e in found]
+
+
 @dataclass
-class NERTask:
+class NERTask(Task):
     name: str = "ner"
     max_length: int = 128
     label_all_tokens: bool = False
@@ -159,8 +190,20 @@ class NERTask:
         for tokens in rows["tokens"]:
             yield " ".join(tokens)
 
-    def model_kwargs(self, raw) -> dict:
+    def setup(self, raw) -> None:
         """Label maps, after checking every split's tags (one per word, a known scheme)."""
+        converted = self._read_tags(raw)
+        self.labels = common.label_list(tag for tags in converted["train"] for tag in tags)
+        if self.labels == ["O"]:
+            log.warning("%s: every word is tagged O, so there is no entity to learn; check the tags column", common.describe(raw, "train"))
+        common.check_known_labels(raw, "tags", self.labels, nested=True, values=converted, unit="sentence")
+
+    def check_eval(self, raw) -> None:
+        """The same checks against the trained tags; records each split's scheme for preprocess."""
+        common.check_known_labels(raw, "tags", self.labels, nested=True, values=self._read_tags(raw), unit="sentence")
+
+    def _read_tags(self, raw) -> dict[str, list[list[str]]]:
+        """Each split's tags, checked and converted to IOB2; its scheme goes to self.schemes."""
         converted = {}
         for split, ds in raw.items():
             where = common.describe(raw, split)
@@ -170,10 +213,9 @@ class NERTask:
             if scheme != "IOB2":
                 log.warning("%s: the tags are %s; converted to IOB2, the scheme the model learns (%s)", where, scheme, SCHEME_NOTES[scheme])
             converted[split] = [to_iob2(tags, scheme) for tags in sentences]
-        self.labels = common.label_list(tag for tags in converted["train"] for tag in tags)
-        if self.labels == ["O"]:
-            log.warning("%s: every word is tagged O, so there is no entity to learn; check the tags column", common.describe(raw, "train"))
-        common.check_known_labels(raw, "tags", self.labels, nested=True, values=converted, unit="sentence")
+        return converted
+
+    def model_kwargs(self) -> dict:
         return common.label_maps(self.labels)
 
     def _b_to_i(self) -> dict[int, int]:
@@ -215,9 +257,10 @@ class NERTask:
 
         return collate
 
-    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
+    def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
         from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 
+        accelerator = ctx.accelerator
         pred_tags, gold_tags = [], []
 
         def collect(logits, labels):
@@ -229,7 +272,7 @@ class NERTask:
                 pred_tags.append([self.labels[p] for p, _ in keep])
                 gold_tags.append([self.labels[g] for _, g in keep])
 
-        loss = common.run_eval(model, dataloader, accelerator, collect)
+        loss = common.run_eval(model, loader, accelerator, collect, forward=self.logits)
         f1 = float(f1_score(gold_tags, pred_tags, zero_division=0))
         return {
             "precision": float(precision_score(gold_tags, pred_tags, zero_division=0)),
@@ -239,3 +282,47 @@ class NERTask:
             "accuracy": float(accuracy_score(gold_tags, pred_tags)),
             "loss": loss.loss,
         }
+
+    # ---------------------------------------------------------------- predict / serve
+    def read_input(self, item, where: str) -> dict:
+        """A text (split into words here), or {"text": ...}, or {"tokens": [...]} (words given;
+        offsets then refer to the words joined with single spaces)."""
+        if isinstance(item, dict) and isinstance(item.get("tokens"), list) and all(isinstance(t, str) and t for t in item["tokens"]):
+            text, spans, start = " ".join(item["tokens"]), [], 0
+            for token in item["tokens"]:
+                spans.append((token, start, start + len(token)))
+                start += len(token) + 1
+            return {"text": text, "spans": spans}
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            item = item["text"]
+        if isinstance(item, str):
+            return {"text": item, "spans": split_words(item)}
+        raise UserError(f"{where}: expected a text, or an object with 'text' or 'tokens' (a list of words); got {str(item)[:60]!r}.")
+
+    def input_length(self, row: dict) -> int:
+        return len(row["spans"])
+
+    def predict(self, model, rows: list[dict], ctx: PredictContext) -> list[dict]:
+        """Entities (type, text, start/end character offsets, score) from the tag of each word's
+        first subword, as in evaluation; words past max_length tokens are tagged O."""
+        words = [[w for w, _, _ in row["spans"]] or [""] for row in rows]
+        enc = ctx.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            probs = torch.softmax(model(**enc.to(ctx.device)).logits.float(), dim=-1).cpu()
+        out = []
+        for i, row in enumerate(rows):
+            first: dict[int, int] = {}
+            for position, word in enumerate(enc.word_ids(i)):
+                if word is not None and word not in first:
+                    first[word] = position
+            tags, scores = [], []
+            for w in range(len(row["spans"])):
+                if w in first:
+                    p = probs[i, first[w]]
+                    tags.append(self.labels[int(p.argmax())])
+                    scores.append(float(p.max()))
+                else:
+                    tags.append("O")
+                    scores.append(1.0)
+            out.append({"entities": entities(tags, row["spans"], row["text"], scores)})
+        return out

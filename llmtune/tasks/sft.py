@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from llmtune.errors import UserError
 from llmtune.tasks import common
-from llmtune.tasks.base import IGNORE_INDEX
+from llmtune.tasks.base import IGNORE_INDEX, PredictContext, Task
+from llmtune.tasks.generation import GENERATION_DEFAULTS, encode_prompts, generate_texts
 
 log = logging.getLogger("llmtune")
 
@@ -118,7 +119,7 @@ def shifted_labels(ids: list[int], learned: list[bool]) -> list[int]:
 
 
 @dataclass
-class SFTTask:
+class SFTTask(Task):
     name: str = "sft"
     max_length: int = 256
     packing: bool = False
@@ -132,6 +133,7 @@ class SFTTask:
     # `prompt` + `response`, or `messages`: checked by the task itself (_columns), since
     # load_raw can only require a fixed set.
     required_columns = ()
+    predict_params = GENERATION_DEFAULTS
 
     # ---------------------------------------------------------------- columns and formatting
     def _columns(self, split) -> None:
@@ -152,14 +154,19 @@ class SFTTask:
         for row in rows:
             yield "".join(text for text, _ in _plain_segments(_as_messages(row))) + "\n"
 
-    def model_kwargs(self, raw) -> dict:
+    def setup(self, raw) -> None:
         """No label maps; checks every row of every split before a tokenizer or model loads."""
         for split, rows in raw.items():
             self._columns(rows)
             where = common.describe(raw, split)
             for number, row in zip(common.source_rows(rows), rows, strict=True):
                 self._messages(row, f"{where} row {number}")
-        return {}
+
+    def check_eval(self, raw) -> None:
+        self.setup(raw)  # setup only checks rows: there is no trained state to keep
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "packing": self.packing}
 
     def _messages(self, row: dict, where: str) -> list[dict]:
         """The row as a checked chat of {role, content} turns."""
@@ -175,7 +182,7 @@ class SFTTask:
             return _chat_segments(tokenizer, messages, where)
         return _plain_segments(messages)
 
-    def encode(self, rows, tokenizer, where: str) -> list[tuple[list[int], list[bool]]]:
+    def _encode(self, rows, tokenizer, where: str) -> list[tuple[list[int], list[bool]]]:
         """(token ids, learned flags) per row, untruncated. One tokenizer call per split: each
         piece is tokenized on its own (so a response starts on a token boundary) and EOS is
         appended to every response that does not already hold it (the model learns to stop).
@@ -211,7 +218,7 @@ class SFTTask:
         for split, rows in raw.items():
             self._columns(rows)
             samples, truncated, empty = [], 0, 0
-            for ids, learned in self.encode(rows, tokenizer, rows.info.description or f"the {split} split"):
+            for ids, learned in self._encode(rows, tokenizer, rows.info.description or f"the {split} split"):
                 if len(ids) > self.max_length:
                     truncated += 1
                     ids, learned = ids[: self.max_length], learned[: self.max_length]
@@ -267,6 +274,33 @@ class SFTTask:
         flash = str(self.attn_implementation or "").startswith("flash")
         return common.packed_forward(model, batch, labels, flatten=flash)
 
-    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
-        loss = common.run_eval(model, dataloader, accelerator, forward=self.logits)
-        return {"loss": loss.loss, "loss_stderr": loss.stderr, "perplexity": common.perplexity(loss.loss)}
+    # ---------------------------------------------------------------- predict / serve
+    def read_input(self, item, where: str) -> dict:
+        """A prompt (text), {"prompt": ...} or {"messages": [...]} (a chat whose last turn is
+        the user's; the reply is generated)."""
+        if isinstance(item, str):
+            return {"messages": [{"role": "user", "content": item}]}
+        if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            return {"messages": [{"role": "user", "content": item["prompt"]}]}
+        if isinstance(item, dict) and isinstance(item.get("messages"), list):
+            messages = [_as_turn(turn) for turn in item["messages"]]
+            for number, turn in enumerate(messages, start=1):
+                _check_turn(turn, f"{where} turn {number}")
+            return {"messages": messages}
+        raise UserError(f"{where}: expected a prompt (text), or an object with 'prompt' or 'messages'; got {str(item)[:60]!r}.")
+
+    def input_length(self, row: dict) -> int:
+        return sum(len(turn["content"]) for turn in row["messages"])
+
+    def _prompt_text(self, messages: list[dict], tokenizer) -> str:
+        """The chat so far, rendered as in training, ending where the assistant's reply starts."""
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else ""
+        return bos + "".join(text for text, _ in _plain_segments(messages))
+
+    def predict(self, model, rows: list[dict], ctx: PredictContext) -> list[dict]:
+        """The assistant's reply to each chat (greedy unless temperature > 0)."""
+        prompts = [self._prompt_text(row["messages"], ctx.tokenizer) for row in rows]
+        inputs = encode_prompts(ctx.tokenizer, prompts, add_special_tokens=False)
+        return [{"generated": text} for text in generate_texts(model, ctx.tokenizer, inputs, ctx.params)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def setup_logging(is_main: bool, log_file: Path | None = None) -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    # transformers sets its loggers' level when it first configures them, after the lines above
+    # may have run: its own setter sticks (else a LoRA base's "classifier MISSING" load report,
+    # a head the adapter then supplies, reads like a broken model).
+    transformers.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity_error()
+    # peft asks the model for a property transformers 5 deprecates; not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def run_log_handler(log_file: Path) -> logging.Handler:

@@ -179,17 +179,17 @@ def test_final_model_reproduces_the_validation_loss(run):
     from transformers import AutoTokenizer
 
     from llmtune.data.load import load_raw
-    from llmtune.engine.loop import eval_loader
+    from llmtune.engine.loop import eval_context, eval_loader
 
     cfg = OmegaConf.load(run.dir / "config.yaml")
     task = instantiate(cfg.task)
     raw, _ = load_raw(cfg.data, task, cfg.seed)
-    task.model_kwargs(raw)
+    task.setup(raw)
     tokenizer = AutoTokenizer.from_pretrained(run.dir / "final")
     data = task.preprocess(raw, tokenizer)
     accelerator = Accelerator(cpu=True)
-    trainer = SimpleNamespace(datasets=data, tcfg=cfg.trainer, task=task, tokenizer=tokenizer, accelerator=accelerator)
-    metrics = task.evaluate(_final_model(run), eval_loader(trainer, "validation"), accelerator)
+    loader, order = eval_loader(task, tokenizer, data["validation"], cfg.trainer, accelerator)
+    metrics = task.evaluate(_final_model(run), loader, eval_context(task, tokenizer, raw["validation"], order, accelerator))
     reported = json.loads((run.dir / "metrics.json").read_text())["validation"]
     assert metrics["loss"] == pytest.approx(reported["loss"], rel=1e-4, abs=1e-5)
     main = task.main_metric

@@ -61,7 +61,8 @@ def ner_raw():
 @pytest.mark.parametrize("label_all_tokens", [False, True])
 def test_preprocess_aligns_through_a_fast_tokenizer(bert_tok, ner_raw, label_all_tokens):
     task = NERTask(label_all_tokens=label_all_tokens, max_length=128)
-    maps = task.model_kwargs(ner_raw)
+    task.setup(ner_raw)
+    maps = task.model_kwargs()
     assert maps["num_labels"] == len(task.labels) == 5
     label2id = maps["label2id"]
     data = task.preprocess(ner_raw, bert_tok)
@@ -90,7 +91,7 @@ def test_preprocess_aligns_through_a_fast_tokenizer(bert_tok, ner_raw, label_all
 
 def test_preprocess_label_all_tokens_marks_continuations_inside(bert_tok, ner_raw):
     task = NERTask(label_all_tokens=True)
-    task.model_kwargs(ner_raw)
+    task.setup(ner_raw)
     data = task.preprocess(ner_raw, bert_tok)
     row = data["train"][1]
     word_ids = bert_tok(ner_raw["train"][1]["tokens"], is_split_into_words=True).word_ids()
@@ -103,7 +104,7 @@ def test_preprocess_label_all_tokens_marks_continuations_inside(bert_tok, ner_ra
 
 def test_preprocess_truncation_keeps_lengths_equal(bert_tok, ner_raw):
     task = NERTask(max_length=6)
-    task.model_kwargs(ner_raw)
+    task.setup(ner_raw)
     data = task.preprocess(ner_raw, bert_tok)
     for row in data["train"]:
         assert len(row["input_ids"]) <= 6

@@ -57,7 +57,7 @@ def _ner_features(bert_tok, label_all_tokens: bool):
     ]
     raw = DatasetDict({"train": Dataset.from_list(rows)})
     task = NERTask(label_all_tokens=label_all_tokens)
-    task.model_kwargs(raw)
+    task.setup(raw)
     data = task.preprocess(raw, bert_tok)["train"]
     return task, [dict(r) for r in data]
 

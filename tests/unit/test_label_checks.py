@@ -108,7 +108,8 @@ def test_ner_task_converts_iob1_and_learns_iob2(bert_tok, caplog):
     raw = DatasetDict({"train": _split(train, "data.train_file: t.conll"), "validation": _split(dev, "data.validation_file: d.conll")})
     task = NERTask()
     with caplog.at_level(logging.WARNING, logger="llmtune"):
-        maps = task.model_kwargs(raw)
+        task.setup(raw)
+        maps = task.model_kwargs()
     assert task.labels == ["B-LOC", "B-PER", "I-PER", "O"] == list(maps["id2label"].values())
     notes = [r.getMessage() for r in caplog.records]
     assert any("t.conll: the tags are IOB1; converted to IOB2" in n for n in notes)
@@ -123,7 +124,7 @@ def test_ner_task_converts_iob1_and_learns_iob2(bert_tok, caplog):
 def test_ner_all_o_warns(caplog):
     raw = DatasetDict({"train": _split([{"tokens": ["a", "b"], "tags": ["O", "O"]}], "data.train_file: t.conll")})
     with caplog.at_level(logging.WARNING, logger="llmtune"):
-        NERTask().model_kwargs(raw)
+        NERTask().setup(raw)
     assert any("every word is tagged O" in r.getMessage() for r in caplog.records)
 
 
@@ -169,20 +170,21 @@ def _cls_raw(labels: list, dev: list | None = None) -> DatasetDict:
 ], ids=["null", "empty", "list"])
 def test_missing_or_multiple_labels_are_refused(train, dev, expected):
     with pytest.raises(UserError, match=expected):
-        ClassificationTask().model_kwargs(_cls_raw(train, dev))
+        ClassificationTask().setup(_cls_raw(train, dev))
 
 
 def test_single_class_warns_and_still_trains(caplog):
     task = ClassificationTask()
     with caplog.at_level(logging.WARNING, logger="llmtune"):
-        maps = task.model_kwargs(_cls_raw(["pos", "pos", "pos"]))
+        task.setup(_cls_raw(["pos", "pos", "pos"]))
+        maps = task.model_kwargs()
     assert maps["num_labels"] == 1
     assert any("every training example has the label 'pos'" in r.getMessage() for r in caplog.records)
 
 
 def test_two_classes_do_not_warn(caplog):
     with caplog.at_level(logging.WARNING, logger="llmtune"):
-        ClassificationTask().model_kwargs(_cls_raw(["pos", "neg"]))
+        ClassificationTask().setup(_cls_raw(["pos", "neg"]))
     assert not caplog.records
 
 
@@ -199,7 +201,7 @@ def test_row_numbers_are_the_files_after_validation_split(tmp_path):
     task = ClassificationTask()
     raw, _ = load_raw(data_cfg, task, seed=0)
     with pytest.raises(UserError, match=r"row 17 has no label \(null\)"):
-        task.model_kwargs(raw)
+        task.setup(raw)
 
 
 # ------------------------------------------------------------------ SFT roles
@@ -212,7 +214,8 @@ def test_sharegpt_from_value_and_roles_are_mapped():
     usual = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     raw = _sft_raw([sharegpt, usual])  # one column: Arrow gives every turn all four keys
     task = SFTTask()
-    assert task.model_kwargs(raw) == {}
+    task.setup(raw)
+    assert task.model_kwargs() == {}
     assert task._messages(raw["train"][0], "w") == [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
     ]
@@ -228,7 +231,7 @@ def test_unknown_role_is_refused_naming_row_turn_and_the_accepted_roles():
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     bad = {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello."}]}
     with pytest.raises(UserError) as err:
-        SFTTask().model_kwargs(_sft_raw([good, bad]))
+        SFTTask().setup(_sft_raw([good, bad]))
     message = str(err.value)
     assert message.startswith("data.train_file: c.jsonl row 2 turn 2: role 'bot' is not one task=sft trains on")
     assert "use system, user, assistant (ShareGPT's human and gpt are read as user and assistant)" in message
@@ -237,7 +240,7 @@ def test_unknown_role_is_refused_naming_row_turn_and_the_accepted_roles():
 def test_sharegpt_conversations_column_gets_a_rename_hint():
     raw = _sft_raw([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}])
     with pytest.raises(UserError, match=r"found: conversations\. Rename columns with data.columns=\{conversations: messages\}"):
-        SFTTask().model_kwargs(raw)
+        SFTTask().setup(raw)
 
 
 # ------------------------------------------------------------------ the model against the data

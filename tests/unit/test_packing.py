@@ -73,8 +73,10 @@ def test_packed_forward_leaves_mask_and_cache_out_only_for_packed_batches():
             seen.append(sorted(batch))
             return type("Out", (), {"logits": torch.zeros(1)})()
 
-    common.packed_forward(Model(), {"input_ids": 1, "attention_mask": 1, "position_ids": 1}, torch.zeros(1))
-    common.packed_forward(Model(), {"input_ids": 1, "attention_mask": 1}, torch.zeros(1))
+    one = torch.ones(1, 2, dtype=torch.long)
+    common.packed_forward(Model(), {"input_ids": one, "attention_mask": one, "position_ids": one}, torch.zeros(1))
+    common.packed_forward(Model(), {"input_ids": one, "attention_mask": one, "example_ids": ["a"]}, torch.zeros(1))
+    # ... and metadata (not a tensor) never reaches the model.
     assert seen == [["input_ids", "position_ids", "use_cache"], ["attention_mask", "input_ids"]]
 
 
@@ -170,7 +172,8 @@ def _model(tok, task, attn: str):
     cfg = OmegaConf.load(ROOT / "conf" / "model" / "tiny_llama.yaml")
     cfg.attn_implementation = attn
     torch.manual_seed(0)
-    model = load_model(cfg, task, tok, task.model_kwargs(_raw())).float()
+    task.setup(_raw())
+    model = load_model(cfg, task, tok, task.model_kwargs()).float()
     model.train()
     return model
 

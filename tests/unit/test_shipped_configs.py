@@ -12,7 +12,7 @@ from llmtune.paths import conf_dir, config_groups, group_options, recipe_names, 
 
 CONF = conf_dir()
 RECIPES = recipes_dir()
-PRETRAIN_TASKS = {"mlm", "clm"}
+PRETRAIN_TASKS = set(llmtune_config.pretraining_tasks())  # is_pretraining: true in conf/task/
 
 
 def _compose(config_dir: Path, name: str, overrides: list[str]):
