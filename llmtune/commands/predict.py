@@ -50,7 +50,7 @@ examples:
 def main(argv: list[str]) -> None:
     from llmtune.commands._args import parse
     from llmtune.errors import UserError
-    from llmtune.trained import load_trained
+    from llmtune.trained import load_trained, resolve_device
     from llmtune.ui.console import setup_logging
 
     static, extra = _split(argv)
@@ -63,18 +63,22 @@ def main(argv: list[str]) -> None:
     # Every line is parsed before the model loads: a malformed file fails in a second.
     name, items = read_items(args.input, args.format)
     setup_logging(is_main=True)
-    trained = load_trained(args.path, _device(args.device))
+    trained = load_trained(args.path, resolve_device(args.device, "predict"))
     params = task_params(extra, trained.task)
     rows = [trained.task.read_input(item, f"{name} line {number}") for number, item in items]
     write_predictions(trained, rows, [number for number, _ in items], params, args)
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the verb's own arguments, key=value pairs left for the task's params)."""
+    """(the verb's own arguments, key=value pairs left for the task's params). A key close to
+    one of the verb's own (inptu=) stays with them, so its did-you-mean comes at once, not
+    after the model has loaded."""
+    from llmtune.errors import closest
+
     static, extra = [], []
     for arg in argv:
         key, eq, _ = arg.partition("=")
-        (extra if eq and key not in KEYS else static).append(arg)
+        (extra if eq and key not in KEYS and closest(key, KEYS) is None else static).append(arg)
     return static, extra
 
 
@@ -87,18 +91,6 @@ def _check_output(output: Path, source: Path) -> None:
         raise UserError(f"predict: output={output} is a directory; name a file, e.g. output={output / 'predictions.jsonl'}.")
     if source != STDIO and output.resolve() == source.resolve():
         raise UserError(f"predict: output={output} is the input file; write the predictions to another file.")
-
-
-def _device(choice: str) -> str:
-    import torch
-
-    from llmtune.errors import UserError
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("predict: device=cuda, but torch sees no CUDA GPU here; use device=cpu (or auto).")
-    return choice
 
 
 # ------------------------------------------------------------------------------ input

@@ -240,6 +240,8 @@ def test_predict_argument_errors_are_one_line(ner_run, tmp_path):
     assert "params of task=ner: none" in error_line(run_cli("predict", ner_run / "final", f"input={source}", "top_k=3"))
     assert "Did you mean 'batch_size'?" in error_line(run_cli("predict", ner_run / "final", f"input={source}", "batch_sise=3"))
     assert "input=FILE is required" in error_line(run_cli("predict", ner_run / "final"))
+    # A typo of one of the verb's own keys is named at once, not taken for a task param.
+    assert "Did you mean 'input'?" in error_line(run_cli("predict", ner_run / "final", f"inptu={source}"))
     assert "no such file" in error_line(run_cli("predict", ner_run / "final", f"input={tmp_path / 'nope.jsonl'}"))
     csv = tmp_path / "in.csv"
     csv.write_text("a\n")
