@@ -196,3 +196,26 @@ def test_serve_refuses_bad_settings_before_loading(tmp_path):
     for args, message in ((["port=0"], "port=0"), (["max_batch=0"], "max_batch"), (["prot=1"], "Did you mean 'port'?")):
         result = run_cli("serve", tmp_path / "nope", *args)
         assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_serve_through_the_cli_entry(ner_run, monkeypatch):
+    """`llmtune serve RUN` end to end, with uvicorn's blocking run replaced by a capture of the
+    app it was given: defaults to loopback, and the app answers /health and /predict."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    from fastapi.testclient import TestClient
+
+    captured = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app, **kwargs))
+    result = run_cli("serve", ner_run, "port=8123", "max_inputs=2")
+    assert result.code == 0, result.err[-2000:]
+    assert captured["host"] == "127.0.0.1" and captured["port"] == 8123
+    text = "Omar Haddad moved to Lisbon ."
+    with TestClient(captured["app"]) as client:
+        assert client.get("/health").json()["task"] == "ner"
+        response = client.post("/predict", json={"inputs": [text]})
+        too_many = client.post("/predict", json={"inputs": ["a", "b", "c"]})
+    assert response.status_code == 200, response.text
+    for entity in response.json()["outputs"][0]["entities"]:
+        assert text[entity["start"]:entity["end"]] == entity["text"]
+    assert too_many.status_code == 413 and "the limit is 2 per request" in too_many.json()["detail"]  # max_inputs=2 reached the app
