@@ -31,6 +31,17 @@ def _instantiate(node, group: str, **kwargs):
 EXTRAS = {"bitsandbytes": "bnb"}
 
 
+def require_tracker_packages(cfg) -> None:
+    """Each tracker option (conf/tracker/<name>.yaml) needs the package of that name, from the
+    extra of that name; say so in one line (Accelerate would drop a missing one with a debug
+    message, and the run would log nowhere)."""
+    import importlib.util
+
+    for name in cfg.get("tracker") or {}:
+        if importlib.util.find_spec(name) is None:
+            raise UserError(f"tracker={name} needs the {name} package, which is not installed; pip install 'llmtune[{name}]' or pick another tracker (tracker=none).")
+
+
 def _require_target_package(node, group: str) -> None:
     import importlib.util
 
@@ -77,7 +88,7 @@ def _forget_bitsandbytes_checks() -> None:
                 check.cache_clear()
 
 
-def build_accelerator(cfg):
+def build_accelerator(cfg, run_dir: Path | None = None):
     import torch
     from accelerate import Accelerator
 
@@ -88,7 +99,12 @@ def build_accelerator(cfg):
     # run multi-process on gloo.
     cpu = t.cpu or not torch.cuda.is_available()
     plugins = distributed.accelerator_kwargs(cfg, cpu)  # the `distributed` group: DDP knobs, FSDP, DeepSpeed
-    accelerator = Accelerator(cpu=cpu, mixed_precision=t.precision, **plugins)
+    # The `tracker` group's options are named as Accelerate names its trackers (conf/tracker/);
+    # trackers that write files (TensorBoard) need a directory: the run's. Only a training run
+    # (one with a directory) tracks; `inspect` and the benchmarks build an Accelerator without.
+    trackers = list(cfg.get("tracker") or {}) if run_dir is not None else []
+    accelerator = Accelerator(cpu=cpu, mixed_precision=t.precision, log_with=trackers or None,
+                              project_dir=str(run_dir) if run_dir is not None else None, **plugins)
     distributed.finish_setup(accelerator, plugins, t.precision)
     return accelerator
 
@@ -201,12 +217,18 @@ def build_callbacks(cfg, run_dir: Path, is_main: bool) -> list:
     """The `callbacks` group (conf/callbacks/): each entry is built with the run directory and
     whether this process is the main one; a null entry is switched off. Early stopping belongs
     to the trainer settings (trainer.early_stopping_patience) and always comes last."""
-    from llmtune.engine.callbacks import EarlyStopping
+    from llmtune.engine.callbacks import Callback, EarlyStopping
 
-    built = [
-        _instantiate(node, f"callbacks.{name}", run_dir=run_dir, is_main=is_main)
-        for name, node in (cfg.get("callbacks") or {}).items() if node is not None
-    ]
+    built = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        callback = _instantiate(node, f"callbacks.{name}", run_dir=run_dir, is_main=is_main)
+        # The base class declares every hook with a no-op default, so the loop calls them all
+        # without probing; a class that does not derive from it would miss the newer ones.
+        if not isinstance(callback, Callback):
+            raise UserError(f"callbacks.{name}: {node._target_} is not a llmtune.engine.callbacks.Callback; derive it from that class (override only the hooks you need).")
+        built.append(callback)
     return [*built, EarlyStopping(cfg.trainer.early_stopping_patience)]
 
 

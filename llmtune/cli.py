@@ -31,7 +31,7 @@ the closest valid one. Set LLMTUNE_DEBUG=1 for full tracebacks.
 """
 # Where the known verbs stand in `llmtune --help` (the workflow's order); any other verb in
 # llmtune/commands/ follows, alphabetically.
-ORDER = ("pretrain", "finetune", "recipes", "run", "validate", "evaluate", "predict", "export", "serve", "bench", "env")
+ORDER = ("pretrain", "finetune", "recipes", "run", "sweep-report", "validate", "evaluate", "predict", "export", "serve", "bench", "env")
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def verbs() -> list[str]:
-    """The verbs: the public modules of llmtune.commands, known ones in ORDER, then the rest."""
+    """The verbs: the public modules of llmtune.commands, known ones in ORDER, then the rest.
+    A module name's `_` reads as `-` in the verb (sweep_report.py is `llmtune sweep-report`)."""
     import pkgutil
 
     import llmtune.commands
 
-    names = {m.name for m in pkgutil.iter_modules(llmtune.commands.__path__) if not m.name.startswith("_")}
+    names = {m.name.replace("_", "-") for m in pkgutil.iter_modules(llmtune.commands.__path__) if not m.name.startswith("_")}
     return [v for v in ORDER if v in names] + sorted(names.difference(ORDER))
 
 
@@ -76,9 +77,9 @@ def load(verb: str):
     from llmtune.errors import UserError, did_you_mean
 
     names = verbs()
-    if verb not in names:
-        raise UserError(f"unknown command '{verb}'.{did_you_mean(verb, names)} Commands: {', '.join(names)}; see `llmtune --help`.")
-    return importlib.import_module(f"llmtune.commands.{verb}")
+    if verb.replace("_", "-") not in names:  # `sweep_report` works too
+        raise UserError(f"unknown command '{verb}'.{did_you_mean(verb.replace('_', '-'), names)} Commands: {', '.join(names)}; see `llmtune --help`.")
+    return importlib.import_module(f"llmtune.commands.{verb.replace('-', '_')}")
 
 
 def usage() -> str:

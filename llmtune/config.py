@@ -72,13 +72,15 @@ def register_resolvers() -> None:
 
 
 # --------------------------------------------------------------------------- preflight
-def preflight(config_dir: str, config_name: str, args: list[str]) -> None:
-    """Check the command line against the config tree; raise UserError with one clear line."""
+def preflight(config_dir: str, config_name: str, args: list[str], check_dir: bool = True) -> DictConfig | None:
+    """Check the command line against the config tree; raise UserError with one clear line.
+    Returns the composed config (a sweep's last combination checked; None for a user-supplied
+    config tree). check_dir=False skips the run-directory checks (`llmtune inspect` writes none)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     if any(a in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn") for a in args):
-        return  # a user-supplied config tree: Hydra reports on it itself
+        return None  # a user-supplied config tree: Hydra reports on it itself
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if not a.startswith("-")]
     try:
@@ -99,9 +101,10 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> None:
             continue  # hydra.sweeper.params.* and friends belong to the sweeper
         else:
             choices.append([ov.input_line])
+    cfg = None
     for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_COMBINATIONS):
         cfg = _check_combination(config_dir, config_name, [c for c in combo if c is not None])
-        if int(os.environ.get("RANK", "0")) == 0:
+        if check_dir and int(os.environ.get("RANK", "0")) == 0:
             from llmtune.rundir import check_output_dir, check_run_dir
 
             # Before Hydra creates the directory (a sweep's: output_dir; each job checks its own).
@@ -110,6 +113,7 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> None:
                 check_output_dir(output_dir)
             else:
                 check_run_dir(output_dir, cfg.trainer)
+    return cfg
 
 
 def _as_override(ov, value: str) -> str:
@@ -159,13 +163,15 @@ def _check_group_option(ov) -> None:
     group = ov.key_or_group.split("@", 1)[0]
     if group.startswith("hydra/") or ov.type.name == "DEL":
         return
-    value = ov.value()
     options = group_options(group)
-    if not isinstance(value, str) or value not in options:
-        raise UserError(
-            f"{ov.input_line}: '{value}' is not an option of config group '{group}'.{did_you_mean(str(value), options)} "
-            f"Options: {', '.join(options)}."
-        )
+    # A list selects several options of one group (tracker=[tensorboard,mlflow]).
+    values = ov.value() if isinstance(ov.value(), list) else [ov.value()]
+    for value in values:
+        if not isinstance(value, str) or value not in options:
+            raise UserError(
+                f"{ov.input_line}: '{value}' is not an option of config group '{group}'.{did_you_mean(str(value), options)} "
+                f"Options: {', '.join(options)}."
+            )
 
 
 def _check_key_exists(config_dir: str, config_name: str, ov, parsed) -> None:
@@ -285,6 +291,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
+    from llmtune.builders import require_tracker_packages
     from llmtune.engine import distributed
 
     _validate_trainer(cfg.trainer)
@@ -294,6 +301,7 @@ def _validate(cfg: DictConfig) -> None:
     _validate_validation_split(cfg.data.get("validation_split"))
     _validate_max_length(cfg.task.get("max_length"))
     distributed.check(cfg)
+    require_tracker_packages(cfg)
 
 
 def _validate_trainer(t: DictConfig) -> None:

@@ -5,7 +5,9 @@ Outputs (a contract):
     train_log.jsonl    one JSON object per log step and per evaluation
     metrics.json       final validation/test metrics, the main metric named
     checkpoints/step-N resumable state (atomic)
-    final/             save_pretrained model or PEFT adapter + tokenizer + label maps
+    final/             save_pretrained model or PEFT adapter + tokenizer + label maps,
+                       README.md (model card, llmtune.modelcard)
+    plots/             loss, lr and validation-metric curves (PNG; the `plots` callback)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def run_job(cfg: DictConfig) -> float | None:
     validate(cfg)
     run_dir = run_dir_of(cfg)
     hydra_files = hydra_record(cfg)  # before output_dir is set below
-    accelerator = build_accelerator(cfg)
+    accelerator = build_accelerator(cfg, run_dir)
     run = RunDir(run_dir, cfg.trainer, accelerator.is_main_process)
     try:
         run.claim()  # the lock, and the checks on what the directory holds; writes nothing else
@@ -69,12 +71,14 @@ class _Commit(Callback):
 
 def _finish(trainer, method, result, cfg, run_dir: Path) -> None:
     from llmtune.engine.distributed import full_weights
+    from llmtune.modelcard import write_card
 
     # Sharded weights (FSDP, ZeRO-3) are gathered by every process, onto the main one.
     weights = full_weights(trainer.model, trainer.accelerator)
     if trainer.accelerator.is_main_process:
         _write_final(trainer, method, cfg, run_dir / "final", weights)
         _write_metrics(trainer, result, cfg, run_dir)
+        write_card(trainer, method, cfg, run_dir)  # final/README.md: needs metrics.json and plots/
     trainer.accelerator.wait_for_everyone()
 
 
@@ -126,6 +130,8 @@ def _write_metrics(trainer, result, cfg, run_dir: Path) -> None:
     if result.weights is not None:  # final vs best checkpoint: both scores, which shipped and why
         metrics["weights"] = result.weights
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    for cb in trainer.callbacks:  # trackers log the final metrics too
+        cb.on_metrics(metrics)
     shown = {k: v for k, v in result.metrics.items() if v}
     if result.initial is not None:
         shown = {"step 0": result.initial, **shown}

@@ -34,4 +34,6 @@ def group_options(group: str) -> list[str]:
 
 
 def recipe_names() -> list[str]:
-    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+    """recipes/NAME.yaml and recipes/FOLDER/NAME.yaml (named FOLDER/NAME, e.g. sweeps/ner-lora-optuna)."""
+    root = recipes_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))

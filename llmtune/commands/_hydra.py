@@ -35,6 +35,7 @@ def run(name: str, args: list[str]) -> None:
 
     config_dir, extra = config_of(name)
     args = [*args, *extra]
+    _check_sweeper_installed(name, args)
     config.register_resolvers()
     if not INFO_FLAGS.intersection(args):
         config.preflight(config_dir, name, args)
@@ -57,5 +58,55 @@ def _job(cfg) -> float | None:
     try:
         return run_job(cfg)
     except Exception as exc:  # noqa: BLE001
-        _exit_on_user_error(exc)
+        if not _record_failed_sweep_job(exc):
+            _exit_on_user_error(exc)
         raise
+
+
+def _record_failed_sweep_job(exc: Exception) -> bool:
+    """In a multirun: print a UserError's line, record it for `llmtune sweep-report` in
+    <sweep dir>/errors/<job>.json (not in the job's directory, which a refused job must leave
+    as it was) and return True, so the job fails without ending the sweep (Hydra goes on
+    with the next job and raises the first failure at the end). False outside a multirun."""
+    import json
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from llmtune.errors import UserError
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    hydra_cfg = HydraConfig.get()
+    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    line = line if isinstance(exc, UserError) else f"{type(exc).__name__}: {line}"
+    if isinstance(exc, UserError):
+        print(f"llmtune: error (job {hydra_cfg.job.num}): {line}", file=sys.stderr)
+    errors = Path(hydra_cfg.sweep.dir) / "errors"
+    errors.mkdir(parents=True, exist_ok=True)
+    record = {"job": hydra_cfg.job.num, "error": line, "overrides": list(hydra_cfg.overrides.task)}
+    (errors / f"{hydra_cfg.job.num}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return True
+
+
+def _check_sweeper_installed(name: str, args: list[str]) -> None:
+    """A recipe or command line that picks the Optuna sweeper needs its plugin, an extra:
+    say how to install it in one line, rather than Hydra's "could not find hydra/sweeper/optuna"."""
+    from llmtune.errors import UserError
+
+    wanted = "hydra/sweeper=optuna" in args
+    if name not in COMMANDS:
+        from llmtune.paths import recipes_dir
+
+        text = (recipes_dir() / f"{name}.yaml").read_text()
+        wanted = wanted or any(line.split("#")[0].replace(" ", "").endswith("hydra/sweeper:optuna") for line in text.splitlines())
+    if wanted and not optuna_sweeper_installed():
+        raise UserError(f"`{name}` uses the Optuna sweeper (hydra/sweeper=optuna), which is not installed; "
+                        "install it with `pip install 'llmtune[optuna]'`.")
+
+
+def optuna_sweeper_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None

@@ -28,7 +28,7 @@ usage: llmtune export PATH output=DIR [key=value ...]
 
 PATH is a run's final/, a run directory or a checkpoints/step-N folder. DIR gets a model that
 plain transformers loads (config.json with id2label/label2id, model.safetensors, the tokenizer,
-a README.md), plus llmtune.json (provenance; `llmtune predict DIR` works on it too).
+a README.md: the run's model card), plus llmtune.json (provenance; `llmtune predict DIR` works on it too).
 
 arguments:
 {describe(KEYS)}
@@ -113,13 +113,16 @@ def _save(trained, folder: Path, merge: bool, dtype: str, shown: Path) -> str:
         base.config.save_pretrained(folder)
     trained.tokenizer.save_pretrained(folder)
     _write_info(trained, folder, plain=not adapter, dtype=dtype)
+    from llmtune.modelcard import export_card
+
+    export_card(trained.path, folder, merged=method.is_adapter and merge)  # the run's model card, when it has one
     saved = str(next(model.parameters()).dtype).removeprefix("torch.")
     if adapter:
         scratch = not base.name_or_path
         note = (" Its base model was built from scratch and is not saved anywhere: only `llmtune predict` can rebuild it; use merge=true for a standalone model."
                 if scratch else f" Load it with peft.PeftModel.from_pretrained(transformers.{task.auto_class}.from_pretrained({base.name_or_path!r}), {str(shown)!r}).")
         return f"exported the {method.method} adapter of {trained.describe()} to {shown} (PEFT format, not merged, {saved}).{note}"
-    if not (folder / "README.md").exists():
+    if not (folder / "README.md").exists():  # a checkpoint, or a run from before model cards
         _write_card(trained, folder, saved)
     how = "merged into its base" if method.is_adapter else "full model"
     return f"exported {trained.describe()} to {shown} ({how}, {saved}); load it with transformers.{task.auto_class}.from_pretrained({str(shown)!r})."

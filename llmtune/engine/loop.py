@@ -128,6 +128,26 @@ def fit(trainer: Trainer) -> FitResult:
     return _Fit(trainer).run()
 
 
+def time_steps(trainer: Trainer, steps: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of the first optimizer steps of epoch 0, taken exactly as fit() takes
+    them (collation, forward, backward, clipping, update), the `warmup` ones left out: the
+    measurement behind `llmtune inspect`'s time estimate. Changes the weights; writes nothing."""
+    run = _Fit(trainer)
+    run.model.train()
+    accum = trainer.tcfg.grad_accum
+    micro = trainer.plan.micro_batches(0, run.acc.process_index)
+    collate = bucketed(trainer.task.collator(trainer.tokenizer, train=True), trainer.tcfg, trainer.tokenizer)
+    source = _StepBatches(trainer.datasets["train"], micro, collate, trainer.seed, 0)
+    times = []
+    for step in range(min(warmup + steps, len(micro) // accum)):
+        started = time.perf_counter()
+        run._optimizer_step([source[step * accum + k] for k in range(accum)])
+        if run.acc.device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: wait for the step to finish
+        times.append(time.perf_counter() - started)
+    return times[warmup:] or times
+
+
 class _Fit:
     """The mutable pieces of one fit() call and the steps that change them."""
 
@@ -171,6 +191,7 @@ class _Fit:
         started = time.perf_counter()
         self.window["start"] = started
         for cb in trainer.callbacks:
+            cb.on_setup(trainer)
             cb.on_train_start(state, trainer.total_steps)
         initial = None
         has_validation = "validation" in trainer.datasets

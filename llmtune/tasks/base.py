@@ -102,6 +102,12 @@ class Task:
         """Plain text of a raw split (tokenizer training, the unknown-token check)."""
         yield from rows["text"]
 
+    def full_lengths(self, rows, tokenizer) -> list[int] | None:
+        """Token count of each raw row as `preprocess` tokenizes it, before the cut at
+        max_length (`llmtune inspect`'s truncation rate and length histogram). None: the task
+        cuts no example short (it packs its texts into blocks of max_length tokens)."""
+        return None
+
     def model_kwargs(self) -> dict:
         """Keyword arguments for from_pretrained/from_config: num_labels, id2label, label2id..."""
         return {}

@@ -44,6 +44,10 @@ class ClassificationTask(Task):
     def model_kwargs(self) -> dict:
         return common.label_maps(self.labels)
 
+    def full_lengths(self, rows, tokenizer) -> list[int]:
+        pair = list(rows["text_pair"]) if "text_pair" in rows.column_names else None
+        return [len(ids) for ids in tokenizer(list(rows["text"]), pair)["input_ids"]]
+
     def preprocess(self, raw, tokenizer, num_proc=None):
         label2id = {label: i for i, label in enumerate(self.labels)}
         columns = next(iter(raw.values())).column_names  # train's in training; evaluation has no train split

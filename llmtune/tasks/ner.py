@@ -218,6 +218,9 @@ class NERTask(Task):
     def model_kwargs(self) -> dict:
         return common.label_maps(self.labels)
 
+    def full_lengths(self, rows, tokenizer) -> list[int]:
+        return [len(ids) for ids in tokenizer(list(rows["tokens"]), is_split_into_words=True)["input_ids"]]
+
     def _b_to_i(self) -> dict[int, int]:
         index = {label: i for i, label in enumerate(self.labels)}
         return {i: index[f"I-{label[2:]}"] for label, i in index.items() if label.startswith("B-") and f"I-{label[2:]}" in index}

@@ -205,6 +205,9 @@ class SFTTask(Task):
             encoded.append((ids, learned))
         return encoded
 
+    def full_lengths(self, rows, tokenizer) -> list[int]:
+        return [len(ids) for ids, _ in self._encode(rows, tokenizer, rows.info.description or "the training data")]
+
     # ---------------------------------------------------------------- preprocessing
     def preprocess(self, raw, tokenizer, num_proc=None):  # one tokenizer call per split: num_proc unused
         from datasets import Dataset, DatasetDict

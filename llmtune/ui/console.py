@@ -58,7 +58,8 @@ def run_log_handler(log_file: Path) -> logging.Handler:
 
 
 class TrainProgress:
-    """Progress bar with step, loss, lr, tokens/s and ETA. Refreshed every step (cheap: no
+    """Progress bar with step, loss, lr, tokens/s, ETA, the next evaluation and checkpoint
+    steps and the best main metric so far. Refreshed every step (cheap: no
     device sync); loss and speed change only at log steps. Off the terminal it stays silent
     and the loop's log lines carry the same numbers."""
 
@@ -74,10 +75,11 @@ class TrainProgress:
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[plan]}"),
                 console=console,
                 transient=False,
             )
-            self._task = self._progress.add_task("train", total=total, completed=start, loss="-", lr="-", speed="-")
+            self._task = self._progress.add_task("train", total=total, completed=start, loss="-", lr="-", speed="-", plan="")
             self._progress.start()
 
     def advance(self, step: int) -> None:
@@ -88,9 +90,26 @@ class TrainProgress:
         if self._progress is not None:
             self._progress.update(self._task, loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", speed=f"{record['tokens_per_s']:,.0f}")
 
+    def schedule(self, next_eval: int | None, next_save: int | None, metric: str | None, best: float | None, best_step: int | None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, plan=schedule_text(next_eval, next_save, metric, best, best_step))
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def schedule_text(next_eval: int | None, next_save: int | None, metric: str | None, best: float | None, best_step: int | None) -> str:
+    """What comes next and the best so far, for the progress bar: "eval@100 save@100 best f1
+    0.8123@50". A part with nothing to say is left out."""
+    parts = []
+    if next_eval is not None:
+        parts.append(f"eval@{next_eval}")
+    if next_save is not None:
+        parts.append(f"save@{next_save}")
+    if metric and best is not None:
+        parts.append(f"best {metric} {best:.4f}" + (f"@{best_step}" if best_step is not None else ""))
+    return "  ".join(parts)
 
 
 def metrics_table(title: str, metrics: dict[str, dict[str, float]], main_metric: str) -> Table:

@@ -36,8 +36,9 @@ def test_help_lists_every_verb_module_with_its_help_line(cli):
     assert result.code == 0
     listed = {line.split()[0]: line for line in result.out.splitlines() if line.startswith("  ") and line.split()}
     assert {"pretrain", "finetune", "recipes", "run", "bench", "validate", "env"} <= set(VERBS)
-    for verb in VERBS:
-        help_line = importlib.import_module(f"llmtune.commands.{verb}").HELP
+    for module in VERBS:
+        help_line = importlib.import_module(f"llmtune.commands.{module}").HELP
+        verb = module.replace("_", "-")  # sweep_report.py is `llmtune sweep-report`
         assert verb in listed, f"{verb} missing from --help"
         if "{" not in help_line:  # finetune's names conf/'s options, checked in test_model_loading
             assert listed[verb].split(None, 1)[1] == help_line
@@ -55,14 +56,14 @@ def test_a_new_verb_module_is_a_verb(cli, tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "llmtune.commands.zz_hello", raising=False)
     try:
         out = cli("--help").out
-        assert "  zz_hello" in out and "say hello" in out
+        assert "  zz-hello" in out and "say hello" in out  # a module's `_` reads as `-`
         assert "_helper" not in out and "not a verb" not in out
         # Unknown verbs (known ones in ORDER first) come after the known ones.
-        assert out.index("  zz_hello") > out.index("  env")
-        assert cli("zz_hello", "world").out == "hello world\n"
+        assert out.index("  zz-hello") > out.index("  env")
+        assert cli("zz_hello", "world").out == cli("zz-hello", "world").out == "hello world\n"
         assert cli("zz_hello", "--help").out == "usage: llmtune zz_hello [NAME]\n"
         typo = cli("zz_helo")
-        assert typo.code == 2 and "Did you mean 'zz_hello'?" in typo.err
+        assert typo.code == 2 and "Did you mean 'zz-hello'?" in typo.err
     finally:
         sys.modules.pop("llmtune.commands.zz_hello", None)
 
@@ -277,6 +278,6 @@ def test_a_verb_that_cannot_be_imported_does_not_break_help(cli, tmp_path, monke
     monkeypatch.setattr(llmtune.commands, "__path__", [*llmtune.commands.__path__, str(tmp_path)])
     result = cli("--help")
     assert result.code == 0
-    line = next(x for x in result.out.splitlines() if x.strip().startswith("zz_broken"))
+    line = next(x for x in result.out.splitlines() if x.strip().startswith("zz-broken"))
     assert "unavailable" in line and "no_such_package_xyz" in line
     assert "  finetune" in result.out
