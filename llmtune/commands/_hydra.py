@@ -27,6 +27,21 @@ def config_of(name: str) -> tuple[str, list[str]]:
     return str(recipes_dir()), [f"hydra.searchpath=[file://{conf_dir()}]"]
 
 
+def config_and_rest(verb: str, args: list[str], doing: str) -> tuple[str, list[str]]:
+    """For verbs that take a config first (`llmtune VERB finetune|pretrain|RECIPE ...`): the
+    config's name and the arguments after it; one line when the first argument names none.
+    `doing` says what the verb does with it, for the message ("check", "inspect")."""
+    from llmtune.errors import UserError, did_you_mean
+    from llmtune.paths import recipe_names
+
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        raise UserError(f"`llmtune {verb}` needs what to {doing} first: finetune, pretrain or a recipe name, e.g. `llmtune {verb} finetune task=ner`.")
+    names = [*COMMANDS, *recipe_names()]
+    if args[0] not in names:
+        raise UserError(f"{verb}: no command or recipe named '{args[0]}'.{did_you_mean(args[0], names)} Choose one of {', '.join(names)}.")
+    return args[0], args[1:]
+
+
 def run(name: str, args: list[str]) -> None:
     """Validate the overrides up front (one clear line on error), then hand over to Hydra."""
     import hydra

@@ -37,16 +37,10 @@ examples:
 def main(args: list[str]) -> None:
     from llmtune import config
     from llmtune.commands._args import parse
-    from llmtune.commands._hydra import COMMANDS, config_of
-    from llmtune.errors import UserError, did_you_mean
-    from llmtune.paths import recipe_names
+    from llmtune.commands._hydra import config_and_rest, config_of
+    from llmtune.errors import UserError
 
-    if not args or args[0].startswith("-") or "=" in args[0]:
-        raise UserError("`llmtune inspect` needs what to inspect first: finetune, pretrain or a recipe name, e.g. `llmtune inspect finetune task=ner`.")
-    name, rest = args[0], args[1:]
-    names = [*COMMANDS, *recipe_names()]
-    if name not in names:
-        raise UserError(f"inspect: no command or recipe named '{name}'.{did_you_mean(name, names)} Choose one of {', '.join(names)}.")
+    name, rest = config_and_rest("inspect", args, "inspect")
     flags = [a for a in rest if a.startswith("-")]
     if flags:
         raise UserError(f"inspect: unexpected flag '{flags[0]}'; inspect takes overrides and inspect.KEY=VALUE only (one config, no -m sweep).")

@@ -28,16 +28,10 @@ _MULTIRUN = ("-m", "--multirun")
 
 def main(args: list[str]) -> None:
     from llmtune import config
-    from llmtune.commands._hydra import COMMANDS, config_of
-    from llmtune.errors import UserError, did_you_mean
-    from llmtune.paths import recipe_names
+    from llmtune.commands._hydra import config_and_rest, config_of
+    from llmtune.errors import UserError
 
-    if not args or args[0].startswith("-") or "=" in args[0]:
-        raise UserError("`llmtune validate` needs what to check first: finetune, pretrain or a recipe name, e.g. `llmtune validate finetune task=ner`.")
-    name, overrides = args[0], args[1:]
-    names = [*COMMANDS, *recipe_names()]
-    if name not in names:
-        raise UserError(f"validate: no command or recipe named '{name}'.{did_you_mean(name, names)} Choose one of {', '.join(names)}.")
+    name, overrides = config_and_rest("validate", args, "check")
     flags = [a for a in overrides if a.startswith("-") and a not in _MULTIRUN]
     if flags:
         raise UserError(f"validate: unexpected flag '{flags[0]}'; only -m/--multirun (to check a sweep) goes with the overrides.")
