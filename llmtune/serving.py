@@ -42,7 +42,7 @@ class Predictor(Protocol):
     """What the server needs from a loaded model. `predict` is only ever called from one thread
     at a time (the batching worker), so it need not be thread-safe."""
 
-    task: str  # e.g. "ner"; shown by GET /health
+    task: str  # the task's name (conf/task/); shown by GET /health
     max_input_chars: int  # longer string inputs are cut to this many characters (and reported)
     params: dict[str, type]  # per-request keyword arguments `predict` accepts, e.g. {"max_new_tokens": int}
 
