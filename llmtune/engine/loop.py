@@ -30,7 +30,7 @@ from typing import NoReturn
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llmtune.engine import checkpoint
+from llmtune.engine import checkpoint, weights
 from llmtune.engine.batching import FixedBatches, bucketed
 from llmtune.engine.callbacks import Callback, EarlyStopping
 from llmtune.engine.checkpoint import TrainState
@@ -426,58 +426,29 @@ class _Fit:
         self.saved_step = self.state.step
 
     def _choose_weights(self) -> dict:
-        """The final weights or the best checkpoint for final/ and the test split. The best is
-        loaded only with trainer.load_best=true and when it beats the final weights by more than
-        the margin: trainer.load_best_margin, or by default one standard error of the validation
-        metric (the task's `<main_metric>_stderr`), so that noise in a small validation set does
-        not decide which weights ship. Both scores, the margin and the choice are logged and kept
-        for metrics.json. Returns the validation metrics of the weights that ship."""
+        """The final weights or the best checkpoint for final/ and the test split (the rule:
+        engine/weights.py); loads the best one when it ships, logs both candidates, and keeps
+        the decision for metrics.json. Returns the validation metrics of the weights that ship."""
         state, main, final = self.state, self.task.main_metric, self.last_metrics
-        margin, margin_from = self._best_margin(final)
-        best_step = state.best_step if state.best_step is not None else state.step
-        best_value = state.best_metric if state.best_metric is not None else final[main]
-        lead = (best_value - final[main]) * (1 if self.task.greater_is_better else -1)
-        ship_best, reason = self._prefer_best(best_step, lead, margin)
+        self.weights = choice = weights.choose(
+            self.t, self.task, state, final, len(self.trainer.datasets["validation"]),
+            loadable=lambda step: checkpoint.is_loadable(self._step_dir(step)),
+        )
+        best = choice["best"]
+        if choice["reason"] == "the best checkpoint is missing or incomplete":
+            log.warning("the best checkpoint %s is missing or incomplete; keeping the final weights", self._step_dir(best["step"]))
+        ship_best = choice["shipped"] == "best"
         if ship_best:
             if self.saved_step != state.step:  # keep the final state on disk before replacing it
                 self._save()
-            checkpoint.load_weights(self._step_dir(best_step), self.model, self.acc)  # sharded under FSDP: every process loads its part
-            log.info("loaded the best checkpoint (step %d, %s %.4f) for final/ and test", best_step, main, best_value)
+            checkpoint.load_weights(self._step_dir(best["step"]), self.model, self.acc)  # sharded under FSDP: every process loads its part
+            log.info("loaded the best checkpoint (step %d, %s %.4f) for final/ and test", best["step"], main, best[main])
         log.info(
             "validation %s: final weights (step %d) %.4f, best checkpoint (step %d) %.4f; margin %.4f (%s). Shipping the %s: %s.",
-            main, state.step, final[main], best_step, best_value, margin, margin_from,
-            f"best checkpoint (step {best_step})" if ship_best else "final weights", reason,
+            main, state.step, final[main], best["step"], best[main], choice["margin"], choice["margin_from"],
+            f"best checkpoint (step {best['step']})" if ship_best else "final weights", choice["reason"],
         )
-        self.weights = {
-            "shipped": "best" if ship_best else "final", "step": best_step if ship_best else state.step, "reason": reason,
-            "load_best": bool(self.t.load_best), "margin": margin, "margin_from": margin_from,
-            "final": {"step": state.step, main: final[main]}, "best": {"step": best_step, main: best_value},
-        }
         return self.evaluate("validation") if ship_best else final
-
-    def _best_margin(self, final: dict) -> tuple[float, str]:
-        """How much better the best checkpoint must score to replace the final weights, and why."""
-        main = self.task.main_metric
-        if self.t.load_best_margin is not None:
-            return float(self.t.load_best_margin), "trainer.load_best_margin"
-        stderr = final.get(f"{main}_stderr")
-        if stderr is None:
-            return 0.0, f"the task reports no {main}_stderr; set trainer.load_best_margin"
-        examples = len(self.trainer.datasets["validation"])
-        return float(stderr), f"one standard error of {main} over {examples} validation examples"
-
-    def _prefer_best(self, best_step: int, lead: float, margin: float) -> tuple[bool, str]:
-        """(load the best checkpoint?, why) given how far it leads the final weights."""
-        if best_step == self.state.step or lead <= 0:
-            return False, "no earlier checkpoint scored better"
-        if not self.t.load_best:
-            return False, f"trainer.load_best=false (the best checkpoint leads by {lead:.4f})"
-        if lead <= margin:
-            return False, f"the best checkpoint leads by {lead:.4f}, not more than the margin"
-        if not checkpoint.is_loadable(self._step_dir(best_step)):
-            log.warning("the best checkpoint %s is missing or incomplete; keeping the final weights", self._step_dir(best_step))
-            return False, "the best checkpoint is missing or incomplete"
-        return True, f"it leads by {lead:.4f}, more than the margin"
 
     def _step_dir(self, step: int) -> Path:
         return self.trainer.run_dir / "checkpoints" / f"step-{step}"
