@@ -45,14 +45,20 @@ def require_tracker_packages(cfg) -> None:
 def _require_target_package(node, group: str) -> None:
     import importlib.util
 
-    package = str(node.get("_target_", "")).split(".")[0]
-    if package in EXTRAS and importlib.util.find_spec(package) is None:
-        raise UserError(f"{group}: {node._target_} needs the {package} package, which is not installed; pip install 'llmtune[{EXTRAS[package]}]' or pick another {group}.")
+    for package in _packages_of(node):
+        if package in EXTRAS and importlib.util.find_spec(package) is None:
+            raise UserError(f"{group}: {node._target_} needs the {package} package, which is not installed; pip install 'llmtune[{EXTRAS[package]}]' or pick another {group}.")
 
 
 def _names_package(cfg, package: str) -> bool:
-    """Whether a config group's `_target_` comes from `package`."""
-    return any(isinstance(node, DictConfig) and str(node.get("_target_", "")).split(".")[0] == package for node in cfg.values())
+    """Whether a config group's `_target_` comes from `package`, or the group lists it in
+    `requires` (the packages its object imports, e.g. peft=qlora: bitsandbytes)."""
+    return any(isinstance(node, DictConfig) and package in _packages_of(node) for node in cfg.values())
+
+
+def _packages_of(node) -> list[str]:
+    """The packages a config group's object needs: its `_target_`'s, and any in `requires`."""
+    return [str(node.get("_target_", "")).split(".")[0], *(node.get("requires") or [])]
 
 
 @contextlib.contextmanager
@@ -131,14 +137,15 @@ def build_task(cfg):
     return _instantiate(cfg.task, "task")
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Decay matrices; not biases or normalisation weights (1-D), as is standard for AdamW."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+def build_peft(cfg):
+    """The PEFT method of the `peft` group (not yet applied to a model)."""
+    from llmtune.peft.base import PeftMethod
+
+    method = _instantiate(cfg.peft, "peft")
+    # The base class declares every hook with its default, so the builders call them without probing.
+    if not isinstance(method, PeftMethod):
+        raise UserError(f"peft: {cfg.peft._target_} is not a llmtune.peft.base.PeftMethod; derive it from that class (override only what differs).")
+    return method
 
 
 def total_steps(tcfg, steps_per_epoch: int) -> int:
@@ -157,16 +164,18 @@ class DataParts:
     data: object          # the tokenized DatasetDict
 
 
-def build_data(cfg, accelerator) -> DataParts:
+def build_data(cfg, accelerator, extension=None) -> DataParts:
     """Task, raw data, tokenizer and tokenized data. The task checks its data (labels, tags,
     chats) and the model's config is checked against it before a tokenizer is trained or
-    loaded and before any weights load."""
+    loaded and before any weights load. `extension`: llmtune.extension.RunExtension."""
     from llmtune.data.load import load_raw, tokenize
     from llmtune.models import check_model, load_tokenizer
 
     task = build_task(cfg)
     raw, fingerprint = load_raw(cfg.data, task, cfg.seed)
     task.setup(raw)
+    if extension is not None:
+        extension.on_data(task, raw)
     check_model(cfg.model, task, task.model_kwargs())
     tokenizer = load_tokenizer(cfg.model, task, task.texts(raw["train"]))
     data = tokenize(raw, task, tokenizer, cfg.data, fingerprint, accelerator)
@@ -187,7 +196,7 @@ def build_model(cfg, task, tokenizer):
     model = load_model(cfg.model, task, tokenizer, task.model_kwargs())
     if t.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    method = _instantiate(cfg.peft, "peft")
+    method = build_peft(cfg)
     model = method.apply(model, task)
     if t.compile:
         # In place (nn.Module.compile): parameter names and saved files stay as without it.
@@ -207,7 +216,9 @@ def build_optimization(cfg, model, method, train_data, num_processes: int):
     plan.check()
     steps = total_steps(t, plan.steps_per_epoch)
     lr = cfg.optimizer.lr if cfg.optimizer.lr is not None else method.default_lr
-    optimizer = _instantiate(cfg.optimizer, "optimizer", lr=lr)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
+    # The PEFT method shapes the parameter groups (default: AdamW's decay split; LoRA+: B matrices at a higher lr).
+    groups = method.param_groups(model, lr, cfg.optimizer.get("weight_decay", 0.0))
+    optimizer = _instantiate(cfg.optimizer, "optimizer", lr=lr)(groups)
     scheduler = _instantiate(cfg.scheduler, "scheduler")(optimizer, num_training_steps=steps)
     log.info("training: %d steps of %s, %.1f epochs, lr %g", steps, plan.describe(), steps / plan.steps_per_epoch, lr)
     return plan, optimizer, scheduler, steps
@@ -232,24 +243,29 @@ def build_callbacks(cfg, run_dir: Path, is_main: bool) -> list:
     return [*built, EarlyStopping(cfg.trainer.early_stopping_patience)]
 
 
-def build_trainer(cfg, accelerator, run_dir: Path):
-    """Every part of one training run, composed into a Trainer: (trainer, peft method)."""
+def build_trainer(cfg, accelerator, run_dir: Path, extension=None):
+    """Every part of one training run, composed into a Trainer: (trainer, peft method).
+    `extension` (llmtune.extension.RunExtension) adjusts the run at its three hooks."""
     with bitsandbytes_hidden(cfg):
-        return _build_trainer(cfg, accelerator, run_dir)
+        return _build_trainer(cfg, accelerator, run_dir, extension)
 
 
-def _build_trainer(cfg, accelerator, run_dir: Path):
+def _build_trainer(cfg, accelerator, run_dir: Path, extension=None):
     from accelerate.utils import set_seed
 
     from llmtune.engine import checkpoint
     from llmtune.engine.loop import Trainer
+    from llmtune.extension import RunExtension
+
+    extension = extension or RunExtension()
 
     t = cfg.trainer
     set_seed(cfg.seed)
     set_matmul_precision(t.tf32)
-    parts = build_data(cfg, accelerator)
+    parts = build_data(cfg, accelerator, extension)
     resume_from = checkpoint.resolve_resume(t.resume, run_dir)
     model, method = build_model(cfg, parts.task, parts.tokenizer)
+    model = extension.on_model(model, parts.task)
     plan, optimizer, scheduler, steps = build_optimization(cfg, model, method, parts.data["train"], accelerator.num_processes)
     trainer = Trainer(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, task=parts.task, tokenizer=parts.tokenizer,
@@ -257,4 +273,5 @@ def _build_trainer(cfg, accelerator, run_dir: Path):
         callbacks=build_callbacks(cfg, run_dir, accelerator.is_main_process), resume_from=resume_from,
         fingerprint={**parts.task.fingerprint(), "peft": method.method, "step_size": plan.fingerprint},
     )
+    extension.on_trainer(trainer)
     return trainer, method

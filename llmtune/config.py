@@ -33,7 +33,7 @@ NULLABLE = {
 }
 # Keys that take a string or a list, as the library behind them does (peft.target_modules: a
 # regex over module names, or a list of module names).
-STRING_OR_LIST = ("peft.target_modules",)
+STRING_OR_LIST = ("peft.target_modules", "peft.feedforward_modules")
 _STAMP: str | None = None
 
 
@@ -291,7 +291,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    from llmtune.builders import require_tracker_packages
+    from llmtune.builders import build_peft, require_tracker_packages
     from llmtune.engine import distributed
 
     _validate_trainer(cfg.trainer)
@@ -300,6 +300,7 @@ def _validate(cfg: DictConfig) -> None:
     _validate_data(cfg.data)
     _validate_validation_split(cfg.data.get("validation_split"))
     _validate_max_length(cfg.task.get("max_length"))
+    build_peft(cfg).preflight(cfg)  # the PEFT method's own refusals (hardware, task), before anything is written
     distributed.check(cfg)
     require_tracker_packages(cfg)
 
@@ -341,8 +342,9 @@ def _validate_model(m: DictConfig) -> None:
     # A local path (not a hub id such as org/model) must exist.
     if name and str(name).startswith((".", "/", "~")) and not Path(str(name)).expanduser().exists():
         raise UserError(f"model.name_or_path={name}: no such directory; point it at a folder with config.json (e.g. a run's final/).")
-    from llmtune.models import check_tokenizer_folder
+    from llmtune.models import check_source, check_tokenizer_folder
 
+    check_source(m)  # a package: folder or GGUF file that is missing, in one line
     # Here, before the run directory is made; load_tokenizer checks again for direct callers.
     tokenizer = m.get("tokenizer")
     check_tokenizer_folder("model.tokenizer" if tokenizer else "model.name_or_path", tokenizer or name)

@@ -37,7 +37,7 @@ def write_card(trainer, method, cfg, run_dir: Path) -> Path:
             _results(metrics),
             _curves(plot.is_file()),
             _reproduce(cfg),
-            _usage(trainer.task, method, cfg.model.name_or_path),
+            _usage(trainer.task, method, cfg.model.name_or_path, peft_format=(final / "adapter_config.json").is_file()),
             _limits(trainer, metrics),
         ) if section
     )
@@ -100,7 +100,7 @@ def _metric_names(metrics: dict) -> list[str]:
 
 def _intro(task, method, cfg, run_dir: Path) -> str:
     base = f"`{cfg.model.name_or_path}`" if cfg.model.name_or_path else f"a {cfg.model.config.model_type} model built from scratch (model.config)"
-    how = "a LoRA adapter" if method.is_adapter else f"peft={method.method}"
+    how = f"peft={method.method}" + (" (an adapter on the frozen base model)" if method.is_adapter else "")
     return (f"# {run_dir.name}\n\n"
             f"A `{task.name}` model ({task.auto_class}) trained with llmtune "
             f"(`llmtune {cfg.command}`) from {base}, as {how}.\n"
@@ -180,7 +180,11 @@ def command_line(cfg) -> str:
     return " ".join(["llmtune", *map(shlex.quote, sys.argv[1:])])
 
 
-def _usage(task, method, base: str | None) -> str:
+def _usage(task, method, base: str | None, peft_format: bool = True) -> str:
+    if method.is_adapter and not peft_format:  # llmtune's own adapter files (peft=adapter): llmtune rebuilds base + adapters
+        return (f"\n## Use\n\npeft={method.method} keeps its weights in llmtune's format (adapter.safetensors, adapter.json): "
+                "`llmtune predict path/to/final`, `llmtune evaluate path/to/final`, `llmtune serve path/to/final` load it; "
+                "`llmtune export path/to/final output=DIR` writes the same files (nothing is merged).\n")
     if method.is_adapter:  # as the README's tested snippet: the base built with final/'s config (label maps)
         code = (f"from peft import PeftConfig, PeftModel\nfrom transformers import AutoConfig, AutoTokenizer, {task.auto_class}\n\n"
                 'final = "path/to/final"\n'

@@ -19,7 +19,8 @@ from llmtune.commands._args import describe
 HELP = "a trained run as a plain Hugging Face model folder (LoRA merged, tokenizer, label maps)"
 KEYS = {
     "output": (Path, None, "the folder to write; it must not exist or be empty (see overwrite)"),
-    "merge": (bool, True, "fold a LoRA adapter into the base weights; false: write the adapter as is (PEFT format)"),
+    "merge": (bool, True, "fold a LoRA adapter into the base weights; false: write the adapter as is (PEFT format). "
+                          "Prompt learning and peft=adapter have nothing to fold in: always written as final/ holds them"),
     "dtype": (("auto", "float32", "bf16", "fp16"), "auto", "dtype of the saved weights; auto keeps the trained ones"),
     "overwrite": (bool, False, "replace what the output folder holds"),
 }
@@ -99,33 +100,52 @@ def _save(trained, folder: Path, merge: bool, dtype: str, shown: Path) -> str:
     import torch
 
     task, method, model = trained.task, trained.method, trained.model
-    adapter = method.is_adapter and not merge
-    if method.is_adapter and merge:
-        model = method.merged(model)
+    # merged() is None for methods with nothing to fold into the weights (prompt learning,
+    # bottleneck adapters): those are written as they are, in the method's own format.
+    merged = method.merged(model) if method.is_adapter and merge else None
+    adapter = method.is_adapter and merged is None
+    model = merged if merged is not None else model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # The task's label maps, also for a checkpoint whose model config predates them.
     labels = {k: v for k, v in task.model_kwargs().items() if k in ("id2label", "label2id")}
     base.config.update(labels)
     if dtype != "auto":
         model.to(getattr(torch, DTYPES[dtype]))
-    model.save_pretrained(folder)  # safetensors; an adapter: adapter_model + adapter_config
+    if adapter:  # as final/ holds it (PEFT: adapter_model + adapter_config)
+        method.save(model, folder)
+    else:
+        model.save_pretrained(folder)  # safetensors
     if adapter:  # the base's config, with the label maps, as final/ has it
         base.config.save_pretrained(folder)
     trained.tokenizer.save_pretrained(folder)
     _write_info(trained, folder, plain=not adapter, dtype=dtype)
     from llmtune.modelcard import export_card
 
-    export_card(trained.path, folder, merged=method.is_adapter and merge)  # the run's model card, when it has one
+    export_card(trained.path, folder, merged=method.is_adapter and not adapter)  # the run's model card, when it has one
     saved = str(next(model.parameters()).dtype).removeprefix("torch.")
     if adapter:
-        scratch = not base.name_or_path
-        note = (" Its base model was built from scratch and is not saved anywhere: only `llmtune predict` can rebuild it; use merge=true for a standalone model."
-                if scratch else f" Load it with peft.PeftModel.from_pretrained(transformers.{task.auto_class}.from_pretrained({base.name_or_path!r}), {str(shown)!r}).")
-        return f"exported the {method.method} adapter of {trained.describe()} to {shown} (PEFT format, not merged, {saved}).{note}"
+        return _adapter_summary(trained, folder, shown, saved, mergeable=not merge)
     if not (folder / "README.md").exists():  # a checkpoint, or a run from before model cards
         _write_card(trained, folder, saved)
     how = "merged into its base" if method.is_adapter else "full model"
     return f"exported {trained.describe()} to {shown} ({how}, {saved}); load it with transformers.{task.auto_class}.from_pretrained({str(shown)!r})."
+
+
+def _adapter_summary(trained, folder: Path, shown: Path, dtype: str, mergeable: bool) -> str:
+    """The line for an export that keeps the method as it is: merge=false, or a method with
+    nothing to merge (`mergeable` False: merged() said so)."""
+    method, base = trained.method, trained.model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    peft_format = (folder / "adapter_config.json").is_file()
+    kind = "PEFT format" if peft_format else "llmtune format"
+    state = "not merged" if mergeable else f"not merged: peft={method.method} has nothing to fold into the weights"
+    if not base.name_or_path:
+        note = " Its base model was built from scratch and is not saved anywhere: only `llmtune predict` can rebuild it" + ("; use merge=true for a standalone model." if mergeable else ".")
+    elif peft_format:
+        note = f" Load it with peft.PeftModel.from_pretrained(transformers.{trained.task.auto_class}.from_pretrained({base.name_or_path!r}), {str(shown)!r})."
+    else:
+        note = f" Load it with `llmtune predict {shown}` or `llmtune evaluate {shown}`."
+    return f"exported {trained.describe()} to {shown} as an adapter ({kind}, {state}, {dtype}).{note}"
 
 
 def _write_info(trained, folder: Path, plain: bool, dtype: str) -> None:

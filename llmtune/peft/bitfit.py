@@ -4,10 +4,11 @@ library does not provide it, so it lives here: freezing by parameter name."""
 from __future__ import annotations
 
 from llmtune.errors import UserError
+from llmtune.peft.base import PeftMethod
 from llmtune.peft.heads import task_head_names
 
 
-class BitFit:
+class BitFit(PeftMethod):
     is_adapter = False
     method = "bitfit"
     default_lr = 1e-3  # few parameters move, so they can move faster (the BitFit paper used 1e-4..1e-3)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a model is at hand, not when a config is checked
+    import torch.nn as nn
 
 
 def _tied_to_input_embeddings(module: nn.Module, model) -> bool:
@@ -34,6 +37,8 @@ def in_modules(name: str, parents: list[str]) -> bool:
 def linear_module_paths(model, exclude: list[str]) -> list[str]:
     """Full names of every linear layer in the backbone (nn.Linear, and GPT-2's Conv1D which
     is a linear layer with transposed weights), skipping the excluded heads and the LM head."""
+    import torch.nn as nn
+
     output = model.get_output_embeddings()
     return [
         name for name, module in model.named_modules()
@@ -50,7 +55,10 @@ def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; tied weights counted once."""
     trainable = total = 0
     for p in model.parameters():
-        total += p.numel()
+        # A 4-bit weight (QLoRA) is stored packed, two to a byte; its quant_state knows its shape.
+        quant_state = getattr(p, "quant_state", None)
+        n = quant_state.shape.numel() if quant_state is not None else p.numel()
+        total += n
         if p.requires_grad:
-            trainable += p.numel()
+            trainable += n
     return trainable, total

@@ -13,7 +13,8 @@ import re
 from collections.abc import Sequence
 
 from llmtune.errors import UserError
-from llmtune.peft.heads import in_modules, linear_module_names, linear_module_paths, task_head_names
+from llmtune.peft.heads import in_modules, linear_module_names, linear_module_paths
+from llmtune.peft.library import PeftLibraryMethod
 
 
 def matches(spec: str | list[str], name: str) -> bool:
@@ -56,8 +57,19 @@ def check_targets(spec: str | list[str], model, heads: list[str]) -> None:
         raise UserError(f"peft.target_modules={spec!r} also matches {other[0]} ({kind}), which is not a linear layer; {_layers_hint(model, heads)}.")
 
 
-class LoRA:
-    is_adapter = True
+def linear_targets(spec: str | list[str], model, heads: list[str], method: str) -> str | list[str]:
+    """peft's target_modules for a method on linear layers: `auto` is every linear layer of the
+    backbone (by name); a user's list or regex is checked against the model."""
+    if spec != "auto":
+        check_targets(spec, model, heads)
+        return spec
+    names = linear_module_names(model, exclude=heads)
+    if not names:
+        raise UserError(f"peft={method}: found no linear layers in {type(model).__name__}; name them with peft.target_modules=[...].")
+    return names
+
+
+class LoRA(PeftLibraryMethod):
     method = "lora"
     default_lr = 2e-3  # adapters start at zero and need a larger rate than full fine-tuning
 
@@ -68,51 +80,31 @@ class LoRA:
 
     def targets(self, model, heads: list[str]) -> str | list[str]:
         """What peft gets as target_modules: `auto`'s layer names, or the user's, checked."""
-        if self.target_modules != "auto":
-            check_targets(self.target_modules, model, heads)
-            return self.target_modules
-        names = linear_module_names(model, exclude=heads)
-        if not names:
-            raise UserError(f"peft=lora: found no linear layers in {type(model).__name__}; name them with peft.target_modules=[...].")
-        return names
+        return linear_targets(self.target_modules, model, heads, self.method)
 
-    def apply(self, model, task):
-        from peft import LoraConfig, get_peft_model
+    def lora_options(self) -> dict:
+        """LoraConfig settings of a LoRA variant (DoRA: use_dora, rsLoRA: use_rslora, ...)."""
+        return {}
 
-        heads = task_head_names(model)
-        targets = self.targets(model, heads)
-        config = LoraConfig(
+    def save(self, model, directory, state_dict: dict | None = None) -> None:
+        # peft saves the whole embedding matrix when it was resized (tens of MB). With the
+        # task's tokens trained (trainable_token_indices), the adapter already holds their
+        # rows, and loading regrows the base to the same size (models.load_grown).
+        trains_tokens = any(c.trainable_token_indices for c in model.peft_config.values())
+        model.save_pretrained(directory, state_dict=state_dict, **({"save_embedding_layers": False} if trains_tokens else {}))
+
+    def peft_config(self, model, task, heads: list[str]):
+        from peft import LoraConfig
+
+        return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=targets,
+            target_modules=self.targets(model, heads),
             bias=self.bias,
             modules_to_save=heads or None,
+            # The embedding rows of tokens the task added (entity markers) train, saved in the adapter.
+            trainable_token_indices=list(task.special_token_ids) or None,
             task_type=task.peft_task_type,
+            **self.lora_options(),
         )
-        return get_peft_model(model, config)
-
-    def save(self, model, directory, state_dict: dict | None = None) -> None:
-        model.save_pretrained(directory, state_dict=state_dict)  # adapter + head weights + adapter_config.json
-
-    def load(self, final, auto, info: dict, base=None):
-        """A final/ this method saved: the base model, built with final/'s config (it carries
-        the label maps), plus the adapter. The base is the local folder the run loaded it from,
-        or `base` (a model built from scratch, rebuilt by the caller from its config and seed)."""
-        from peft import PeftConfig, PeftModel
-        from transformers import AutoConfig
-
-        if base is not None:
-            return PeftModel.from_pretrained(base, final)
-        base_path = info.get("base_model_path") or PeftConfig.from_pretrained(final).base_model_name_or_path
-        if not base_path:
-            raise UserError(f"{final}: the adapter's base model is not recorded (llmtune.json base_model_path); it cannot be loaded.")
-        try:
-            base = auto.from_pretrained(base_path, config=AutoConfig.from_pretrained(final))
-        except OSError as exc:
-            raise UserError(f"{final}: cannot load its base model from {base_path} ({str(exc).splitlines()[0]}); the adapter needs it.") from None
-        return PeftModel.from_pretrained(base, final)
-
-    def merged(self, model):
-        """The adapter folded into the base weights: one plain transformers model."""
-        return model.merge_and_unload()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from llmtune.peft.base import PeftMethod
 
-class FullFineTune:
+
+class FullFineTune(PeftMethod):
     is_adapter = False
     method = "none"
     default_lr = 5e-5  # optimizer.lr when unset: the usual full fine-tuning rate
