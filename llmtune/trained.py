@@ -92,7 +92,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> TrainedRun:
 
     weights, kind, run_dir = locate(path)
     cfg = _run_config(run_dir)
-    with bitsandbytes_hidden(cfg or OmegaConf.create({})):
+    with bitsandbytes_hidden(cfg or _saved_config(weights, kind)):
         if kind == "final":
             info = json.loads((weights / INFO).read_text())
             task_node = info.get("task_config") or (cfg.task if cfg is not None else None)
@@ -104,22 +104,30 @@ def load_trained(path: str | Path, device: str = "cpu") -> TrainedRun:
             method = _build(peft_node, "PEFT method", weights)
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(weights))
             base = _scratch_base(info, task, tokenizer) if method.is_adapter else None
-            model = method.load(str(weights), getattr(transformers, task.auto_class), info, base=base)
+            model = method.load(str(weights), task.model_class(), info, base=base)
         else:
             task, method, tokenizer, model = _from_checkpoint(weights, cfg)
     model.to(device).eval()
     return TrainedRun(weights, kind, run_dir, cfg, task, method, tokenizer, model)
 
 
+def _saved_config(weights: Path, kind: str) -> DictConfig:
+    """A final/ outside its run: the groups its llmtune.json records (the PEFT method may need
+    bitsandbytes kept importable: peft=qlora)."""
+    info = json.loads((weights / INFO).read_text()) if kind == "final" else {}
+    return OmegaConf.create({"peft": info.get("peft_config") or {}})
+
+
 def _scratch_base(info: dict, task, tokenizer):
-    """An adapter's base built from scratch is not saved: rebuild it as training built it
-    (its model config and seed give the same initial weights, as a resume relies on too)."""
+    """An adapter's base built from scratch (or composed from two checkpoints) is not saved:
+    rebuild it as training built it (its model config and seed give the same initial weights,
+    as a resume relies on too)."""
     from accelerate.utils import set_seed
 
-    from llmtune.models import load_model
+    from llmtune.models import load_model, rebuilt_base
 
     model_cfg = info.get("model_config")
-    if info.get("base_model_path") or not model_cfg or model_cfg.get("name_or_path"):
+    if info.get("base_model_path") or not rebuilt_base(model_cfg):
         return None
     set_seed(int(info.get("seed", 0)))
     return load_model(OmegaConf.create(model_cfg), task, tokenizer, task.model_kwargs())

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmtune.commands._args import describe
+from llmtune.prompting import KEYS as PROMPTING_KEYS
 
 HELP = "score a trained run (final/, run dir or checkpoint) on its test or validation split, or a file"
 KEYS = {
     "split": (("test", "validation"), None, "the run's split to score (default: test when the run has one, else validation)"),
     "data.test_file": (Path, None, "score this file (the run's data format and columns) instead of the run's test split"),
     "data.validation_file": (Path, None, "score this file instead of the run's validation split"),
-    "output": (Path, None, "also write the metrics to this JSON file"),
+    "output": (Path, None, "also write the metrics to this JSON file (and generated text, for tasks that generate, to NAME.predictions.jsonl beside it)"),
     "batch_size": (int, None, "examples per forward pass (default: the run's trainer.eval_batch_size)"),
     "device": (("auto", "cpu", "cuda"), "auto", "auto: cuda when a GPU is visible, else cpu"),
 }
@@ -31,16 +32,35 @@ examples:
   llmtune evaluate runs/ner
   llmtune evaluate runs/ner/final split=validation
   llmtune evaluate runs/ner/checkpoints/step-200 data.test_file=new.conll output=new_metrics.json
+
+prompting baselines (no training; llmtune/prompting.py): with prompting=zero_shot|few_shot|cloze,
+a model that was not trained on the task is prompted and scored with the task's metric. PATH
+is then optional (a trained final/ to prompt); model=..., task=..., data.* choose the rest
+(default model=smollm2; cloze: a masked LM, default minilm).
+
+usage: llmtune evaluate [PATH] prompting=zero_shot|few_shot|cloze [model=...] [task=...] [key=value ...]
+
+arguments:
+{describe(PROMPTING_KEYS)}
+
+examples:
+  llmtune evaluate prompting=zero_shot task=classification data.validation_file=dev.jsonl
+  llmtune evaluate prompting=few_shot prompting.k=4 prompting.seeds=[0,1,2] task=ner data.train_file=train.conll data.test_file=test.conll
+  llmtune evaluate prompting=cloze model=tiny_bert prompting.verbalizer='{{positive: great, negative: terrible}}'
+  llmtune evaluate runs/sft/final prompting=zero_shot task=classification data.validation_file=dev.jsonl
 """
 
 
 def main(argv: list[str]) -> None:
+    from llmtune import prompting
     from llmtune.commands._args import parse
     from llmtune.errors import UserError
     from llmtune.evaluating import eval_split, make_accelerator, score
     from llmtune.trained import load_trained, locate
     from llmtune.ui.console import metrics_table, print_table, setup_logging
 
+    if prompting.is_prompting(argv):  # a baseline without training: llmtune/prompting.py
+        return prompting.main(argv)
     args = parse(argv, KEYS, verb="evaluate", positional="PATH")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"evaluate: batch_size={args.batch_size}: must be 1 or more.")
@@ -52,7 +72,7 @@ def main(argv: list[str]) -> None:
     trained = load_trained(args.path, accelerator.device)
     raw = eval_split(trained, args.split, files)
     (split,) = raw.keys()
-    metrics = score(trained, raw, accelerator, args.batch_size)
+    metrics = score(trained, raw, accelerator, args.batch_size, predictions_file(args.output))
     if not accelerator.is_main_process:
         return
     task, source = trained.task, raw[split].info.description
@@ -63,6 +83,14 @@ def main(argv: list[str]) -> None:
                   "model": str(trained.path), "kind": trained.kind, "data": source, "examples": len(raw[split]), split: metrics}
         _write_json(args.output, report)
         print(f"metrics: {args.output}")
+        if predictions_file(args.output).is_file():
+            print(f"predictions: {predictions_file(args.output)}")
+
+
+def predictions_file(output: Path | None) -> Path | None:
+    """Where the per-example predictions go (tasks that report them): beside output=FILE, as
+    FILE's name with .predictions.jsonl for its suffix; None without an output."""
+    return None if output is None else output.with_name(f"{output.stem}.predictions.jsonl")
 
 
 def _check_output(output: Path | None, run_dir: Path | None) -> None:

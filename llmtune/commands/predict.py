@@ -26,11 +26,13 @@ usage: llmtune predict PATH input=FILE|- [output=FILE|-] [key=value ...] [task p
 
 PATH is a run's final/, a run directory or a checkpoints/step-N folder. Each non-blank input
 line is one input: in .jsonl a JSON string or an object (ner: {{"text": ...}} or {{"tokens": [...]}};
-classification: {{"text": ..., "text_pair": ...}}; sft: {{"prompt": ...}} or {{"messages": [...]}}),
-in .txt the line's text. Blank lines are skipped. Each output line is the prediction for one
-input, in input order, with "line": the input's line number, e.g.
+classification: {{"text": ..., "text_pair": ...}}; sft: {{"prompt": ...}} or {{"messages": [...]}};
+qa: {{"question": ..., "context": ...}}; summarization, translation: {{"source": ...}}), in .txt
+the line's text. Blank lines are skipped. Each
+output line is the prediction for one input, in input order, with "line": the input's line number, e.g.
   {{"line": 1, "entities": [{{"type": "PER", "text": "Ada", "start": 0, "end": 3, "score": 0.98}}]}}
   {{"line": 2, "label": "positive", "score": 0.91, "probabilities": {{...}}}}
+  {{"line": 3, "answer": "Lima", "start": 52, "end": 56, "score": 0.87, "no_answer": false, "null_score_diff": -4.1}}
 A bad input line stops the command (exit 2) before anything is written.
 
 arguments:
@@ -38,7 +40,8 @@ arguments:
 
 task params: each task's own (its predict_params), checked once the run is loaded; a wrong one
 is refused with the list, e.g. top_k=5 for mlm; max_new_tokens=64 temperature=0.0 (greedy)
-top_p=1.0 for clm and sft.
+top_p=1.0 for clm and sft; max_new_tokens=64 num_beams=4 length_penalty=1.0 no_repeat_ngram_size=3
+for summarization and translation.
 
 examples:
   llmtune predict runs/ner/final input=new.jsonl output=preds.jsonl

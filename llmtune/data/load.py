@@ -10,7 +10,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import uuid
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -188,13 +190,13 @@ def tokenize(raw, task, tokenizer, data_cfg, fingerprint: str, accelerator):
             return load_from_disk(str(path))
         processed = _drop_unlabelled(task.preprocess(raw, tokenizer, **({"num_proc": num_proc} if num_proc else {})))
         if data_cfg.cache and accelerator.is_main_process:
-            tmp = path.with_name(f".{key}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            # A folder of this process's own: two runs on the same data may tokenize at once.
+            tmp = path.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
             processed.save_to_disk(str(tmp))
-            if path.exists():  # another run finished the same cache first
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
+            try:
                 tmp.replace(path)
+            except OSError:  # another run finished the same cache first: keep its copy
+                shutil.rmtree(tmp, ignore_errors=True)
             log.info("tokenized data: cached at %s", path)
             processed = load_from_disk(str(path))
         return processed

@@ -11,6 +11,7 @@ import io
 import json
 from pathlib import Path
 
+from llmtune.data import squad
 from llmtune.errors import UserError, closest, did_you_mean
 
 SUPPORTED_FORMATS = ("jsonl", "json", "csv", "tsv", "conll", "txt")
@@ -154,6 +155,8 @@ def _parse_json(text: str, path: Path, key: str) -> list[dict]:
                 "fix that line."
             ) from None
         return _parse_jsonl(text, path, key)
+    if squad.is_squad(value):  # SQuAD's nested layout: one row per question
+        return squad.squad_rows(value, path, key)
     if isinstance(value, dict):
         raise UserError(
             f"{key}: {path} holds a single JSON object, not a list of rows; "

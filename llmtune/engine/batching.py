@@ -188,7 +188,7 @@ def pad_to_multiple(batch: dict, multiple: int, pad_id: int) -> dict:
         return batch
     out = {}
     for key, value in batch.items():
-        if value.dim() == 2 and value.shape[1] == length:
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == length:  # not metadata
             fill = pad_id if key == "input_ids" else _PAD_VALUES.get(key, 0)
             value = torch.nn.functional.pad(value, (0, extra), value=fill)
         out[key] = value

@@ -30,7 +30,7 @@ from typing import NoReturn
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llmtune.engine import checkpoint, weights
+from llmtune.engine import checkpoint, predictions, weights
 from llmtune.engine.batching import FixedBatches, bucketed
 from llmtune.engine.callbacks import Callback, EarlyStopping
 from llmtune.engine.checkpoint import TrainState
@@ -75,6 +75,8 @@ class FitResult:
     train_loss: float | None
     runtime_s: float
     weights: dict | None = None       # final vs best checkpoint: both validation scores, which shipped, why
+    train_s: float = 0.0              # seconds in the training loop, its evaluations left out (checkpoint writes kept)
+    tokens: int = 0                   # non-pad tokens trained in this fit() call, all processes
 
 
 class _StepBatches(Dataset):
@@ -136,7 +138,7 @@ def time_steps(trainer: Trainer, steps: int, warmup: int = 1) -> list[float]:
     run.model.train()
     accum = trainer.tcfg.grad_accum
     micro = trainer.plan.micro_batches(0, run.acc.process_index)
-    collate = bucketed(trainer.task.collator(trainer.tokenizer, train=True), trainer.tcfg, trainer.tokenizer)
+    collate = bucketed(trainer.task.train_collator(trainer.tokenizer), trainer.tcfg, trainer.tokenizer)
     source = _StepBatches(trainer.datasets["train"], micro, collate, trainer.seed, 0)
     times = []
     for step in range(min(warmup + steps, len(micro) // accum)):
@@ -167,6 +169,7 @@ class _Fit:
         self.stop = StopRequest()
         self.train_loss: float | None = None
         self.grad_norm = None
+        self.eval_s = 0.0
         self.finite = FiniteGuard(self.acc, self.optimizer, self.t.skip_nonfinite, trainer.run_dir / "checkpoints")
         device = self.acc.device
         self.window = {"loss": torch.zeros((), device=device), "targets": 0, "tokens": 0, "t0": time.perf_counter()}
@@ -190,6 +193,7 @@ class _Fit:
             log.info("resumed from %s at step %d (epoch %d)", trainer.resume_from, state.step, state.epoch)
         started = time.perf_counter()
         self.window["start"] = started
+        tokens_before = state.tokens_seen  # a resumed run counts only what it trains itself
         for cb in trainer.callbacks:
             cb.on_setup(trainer)
             cb.on_train_start(state, trainer.total_steps)
@@ -203,6 +207,7 @@ class _Fit:
         while state.step < trainer.total_steps and not self._early_stopped():
             if not self._run_epoch():
                 state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+        train_s = time.perf_counter() - started - self.eval_s
 
         metrics = {}
         if has_validation:
@@ -215,7 +220,8 @@ class _Fit:
         for cb in trainer.callbacks:
             cb.on_train_end(state)
         trainer.model = self.acc.unwrap_model(self.model)
-        return FitResult(state, metrics, initial, self.train_loss, time.perf_counter() - started, self.weights)
+        tokens = self._sum_across(state.tokens_seen - tokens_before)
+        return FitResult(state, metrics, initial, self.train_loss, time.perf_counter() - started, self.weights, train_s, tokens)
 
     def _early_stopped(self) -> bool:
         return bool(self.stopper and self.stopper.should_stop)
@@ -227,7 +233,7 @@ class _Fit:
         remaining_steps = (len(micro) - state.micro_in_epoch) // t.grad_accum
         if remaining_steps <= 0:
             return False
-        collate = bucketed(self.task.collator(trainer.tokenizer, train=True), t, trainer.tokenizer)
+        collate = bucketed(self.task.train_collator(trainer.tokenizer), t, trainer.tokenizer)
         source = _StepBatches(trainer.datasets["train"], micro, collate, trainer.seed, state.epoch)
         loader = DataLoader(
             source, batch_size=None, sampler=range(state.micro_in_epoch, len(micro)),
@@ -290,8 +296,7 @@ class _Fit:
             labels = batch.pop("labels")
             # Gradients are all-reduced once per step, on the last micro-batch.
             with nullcontext() if i == len(batches) - 1 else acc.no_sync(self.model):
-                logits, labels = self.task.logits(self.model, batch, labels)
-                loss_sum = self.task.loss(logits, labels)
+                loss_sum = self.task.training_loss(self.model, batch, labels)
                 acc.backward(loss_sum * scale)
             loss_total += loss_sum.detach()
         self.step_loss = loss_total
@@ -299,6 +304,12 @@ class _Fit:
 
     def _rank(self) -> str:
         return f" (rank {self.acc.process_index})" if self.acc.num_processes > 1 else ""
+
+    def _sum_across(self, count: int) -> int:
+        """`count` summed over the processes (a collective: every process calls it)."""
+        if self.acc.num_processes == 1:
+            return count
+        return int(self.acc.reduce(torch.tensor(float(count), device=self.acc.device), reduction="sum"))
 
     def _after_step(self) -> bool:
         """Log, evaluate, save, and decide whether to stop. True ends the epoch loop."""
@@ -387,12 +398,16 @@ class _Fit:
             raw = trainer.raw[split] if trainer.raw is not None and split in trainer.raw else None
             self.loaders[split] = loader, eval_context(self.task, trainer.tokenizer, raw, order, self.acc)
         loader, ctx = self.loaders[split]
+        started = time.perf_counter()
         self.stop.plan = self._eval_plan()
         try:
             metrics = self.task.evaluate(self.model, StopBetweenBatches(loader, self._agreed_signal), ctx)
         except EvaluationStopped as stopped:
             self._stop(stopped.signum, f", in the {split} evaluation after {stopped.batches_done} of {stopped.batches} batches")
         self.stop.plan = TRAINING_PLAN
+        # What the task generated (EvalContext.report_predictions): the latest evaluation's, per split.
+        predictions.hand_over(ctx, split, trainer.run_dir / "predictions" / f"{split}.jsonl", self.acc.is_main_process)
+        self.eval_s += time.perf_counter() - started
         return metrics
 
     def _eval_plan(self) -> str:

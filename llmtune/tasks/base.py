@@ -8,11 +8,16 @@ here with a default, never a special case elsewhere. Adding a task is one module
 llmtune/tasks/ plus one YAML.
 
 Order of calls in a training run: `setup(raw)` (checks the data, builds label maps) ->
-`model_kwargs()` -> `texts(...)` (tokenizer training, unknown-token check) -> `preprocess` ->
+`model_kwargs()` -> `texts(...)` (tokenizer training, unknown-token check) -> `special_tokens()`
+(added to the tokenizer) -> `model_class()` (builds the model) -> `preprocess` ->
 `collator` -> per batch `logits` and `loss` -> `evaluate` -> `state()` into final/llmtune.json.
 A trained run is loaded for the verbs with `load_state(state)` instead of `setup`; `llmtune
 evaluate` then calls `check_eval(raw)` on the split it scores, and `preprocess` onward as above.
 `preprocess` gets only the splits to tokenize: evaluation passes one split and no "train".
+
+Predictions: `evaluate` may hand the engine one record per example (generated text next to its
+source and reference) through `EvalContext.report_predictions`; the engine writes them to
+predictions/<split>.jsonl in the run directory and logs a few (llmtune.engine.predictions).
 
 Batches: `collator` returns a dict of tensors that the model's forward accepts, plus `labels`
 aligned with what `logits` returns (-100 where nothing is predicted). Causal-LM labels come
@@ -61,6 +66,26 @@ class EvalContext:
         gather_for_metrics does for tensors)."""
         return self.accelerator.gather_for_metrics(items, use_gather_object=True)
 
+    # Per-example outputs a task hands over in one evaluation (report_predictions); the engine
+    # takes them after `evaluate` returns (take_predictions).
+    predictions: list[dict] | None = None
+    shown: int = 3
+
+    def report_predictions(self, rows: list[dict], show: int = 3) -> None:
+        """Hand the engine one JSON-able record per example (e.g. source, reference, prediction;
+        a task that generates for a few examples hands over those), every process's, in example
+        order; every process passes the same rows. The engine writes them to
+        predictions/<split>.jsonl of the run (`llmtune evaluate`: beside its output= file) and
+        logs the first `show` of them. Once per `evaluate` call; a task that never calls it
+        writes no predictions."""
+        self.predictions, self.shown = list(rows), show
+
+    def take_predictions(self) -> tuple[list[dict] | None, int]:
+        """For the engine: what report_predictions handed over in this evaluation (None:
+        nothing), and how many to log. Clears it: the context serves the next evaluation too."""
+        rows, self.predictions = self.predictions, None
+        return rows, self.shown
+
 
 @dataclass
 class PredictContext:
@@ -69,6 +94,24 @@ class PredictContext:
     tokenizer: Any
     device: Any = "cpu"
     params: dict = field(default_factory=dict)   # the verb's options: top_k, max_new_tokens, temperature, top_p, ...
+
+
+@dataclass
+class PromptSettings:
+    """How `Task.prompt_predict` prompts a model that was not trained on the task
+    (`llmtune evaluate prompting=...`, llmtune/prompting.py; helpers in llmtune/tasks/prompts.py)."""
+
+    mode: str = "zero_shot"                 # zero_shot | few_shot (a causal LM) | cloze (a masked LM)
+    template: str | None = None             # the task's prompt with {text}-style fields; None: the task's default
+    verbalizer: dict = field(default_factory=dict)  # label (or entity type) -> the word(s) the prompt uses for it
+    chat: bool = True                       # render with the tokenizer's chat template when it has one
+    batch_size: int = 8
+    max_length: int = 1024                  # prompt tokens kept (cut from the left: the query stays whole)
+    generation: dict = field(default_factory=dict)  # max_new_tokens, ... (tasks that generate)
+    finetune_steps: int = 0                 # cloze: optimizer steps on the demonstrations before scoring
+    lr: float = 1e-5                        # cloze fine-tuning's learning rate (AdamW)
+    seed: int = 0                           # this run's seed (demonstrations drawn with it, fine-tuning order)
+    device: Any = "cpu"
 
 
 class Task:
@@ -84,9 +127,20 @@ class Task:
     max_length: int = 128
     required_columns: tuple[str, ...] = () # columns every raw example must have
     labels: list[str] | tuple = ()         # class or tag names, when the task has them (set by setup)
+    # Whether a batch row may hold several samples kept apart by position_ids that restart per
+    # sample (SFT's task.packing); PEFT methods that add virtual tokens refuse such batches.
+    packs_samples: bool = False
     # What `llmtune predict` / `serve` accept beyond the inputs, with a sample value of each
     # type (the verbs check names and types against it).
     predict_params: dict[str, Any] = {}
+    # Whether `preprocess` and `predict` tokenize pre-split words (is_split_into_words). A
+    # byte-level BPE tokenizer then gets add_prefix_space, so that each word is tokenized as
+    # in running text (llmtune.models.load_tokenizer).
+    split_into_words: bool = False
+    # The tokenizer ids of `special_tokens()`, recorded by llmtune.models.load_model once the
+    # model's embeddings hold them: the rows a PEFT method that freezes the embeddings still
+    # trains (LoRA: peft's trainable_token_indices).
+    special_token_ids: tuple[int, ...] = ()
 
     # ---------------------------------------------------------------- data
     def setup(self, raw) -> None:
@@ -112,6 +166,21 @@ class Task:
         """Keyword arguments for from_pretrained/from_config: num_labels, id2label, label2id..."""
         return {}
 
+    def model_class(self):
+        """What builds the model: a class with `from_pretrained(name_or_folder, **kwargs)` and
+        `from_config(config, **kwargs)`, as transformers' Auto classes have. Default: the
+        transformers class named by `auto_class`; a task with its own head returns its own."""
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def special_tokens(self) -> list[str]:
+        """Tokens the task writes into its inputs (e.g. entity markers), known after `setup` or
+        `load_state`. The builders add them to the tokenizer as special tokens (never split)
+        before the model loads; the model's embeddings grow to hold them (their rows start as
+        the mean of the pieces their text splits into), and they are saved with the tokenizer."""
+        return []
+
     def preprocess(self, raw, tokenizer, num_proc: int | None = None):
         """Raw DatasetDict -> tokenized DatasetDict (the columns the collator reads)."""
         raise NotImplementedError(f"{type(self).__name__}.preprocess")
@@ -131,6 +200,41 @@ class Task:
         from llmtune.engine import loss
 
         return loss.cross_entropy_sum(logits, labels)
+
+    # Additions to training from outside the task, set on an instance by whoever builds the run
+    # (llmtune.continual: penalties, distillation, replay); empty by default.
+    # - loss_terms: term(model, batch, logits, labels) -> a tensor SUMMED over the micro-batch's
+    #   labelled positions, as `loss` is. A penalty P that does not depend on the data is
+    #   returned as P x (labelled positions): the engine's division by the step's labelled
+    #   positions then leaves exactly P per optimizer step, whatever the accumulation or the
+    #   number of processes.
+    # - train_mixers: mix(features) -> features, applied to each training micro-batch's examples
+    #   before `collator` (e.g. examples replayed from earlier data). Random choices draw from
+    #   torch's RNG, which the engine seeds per micro-batch: resumed runs draw the same.
+    loss_terms: tuple = ()
+    train_mixers: tuple = ()
+
+    def training_loss(self, model, batch: dict, labels):
+        """A training micro-batch's objective, summed over its labelled positions: `loss` over
+        `logits`, plus every term of `loss_terms`."""
+        logits, labels = self.logits(model, batch, labels)
+        total = self.loss(logits, labels)
+        for term in self.loss_terms:
+            total = total + term(model, batch, logits, labels)
+        return total
+
+    def train_collator(self, tokenizer) -> Callable[[list[dict]], dict]:
+        """The training collator: `collator(train=True)` after `train_mixers`."""
+        collate, mixers = self.collator(tokenizer, train=True), tuple(self.train_mixers)
+        if not mixers:
+            return collate
+
+        def mixed(features: list[dict]) -> dict:
+            for mix in mixers:
+                features = mix(features)
+            return collate(features)
+
+        return mixed
 
     def fingerprint(self) -> dict:
         """Settings a resume must not change (the engine adds step size and PEFT method)."""
@@ -166,6 +270,22 @@ class Task:
         from llmtune.errors import UserError
 
         raise UserError(f"task={self.name} has no predictions to make; `llmtune evaluate` scores its runs.")
+
+    # ---------------------------------------------------------------- prompting baselines
+    # `llmtune evaluate prompting=MODE`: a model that was not trained on the task is prompted
+    # (rows: raw rows of the scored split; demos: raw training rows shown as examples, empty for
+    # zero-shot), and its predictions are scored with the task's own metric.
+    prompt_modes: tuple[str, ...] = ()      # the PromptSettings.mode values prompt_predict implements
+
+    def prompt_predict(self, model, tokenizer, rows: list[dict], demos: list[dict], settings: PromptSettings) -> list:
+        """One prediction per row, in the form `prompt_metrics` scores."""
+        from llmtune.errors import UserError
+
+        raise UserError(f"task={self.name} has no prompting baseline (prompting=...); fine-tune it instead (llmtune finetune task={self.name}).")
+
+    def prompt_metrics(self, rows: list[dict], predictions: list) -> dict[str, float]:
+        """The task's metrics (the same as `evaluate`'s, without a loss) of `prompt_predict`'s predictions."""
+        raise NotImplementedError(f"{type(self).__name__}.prompt_metrics")  # comes with prompt_predict
 
     # ---------------------------------------------------------------- what final/ records
     def state(self) -> dict:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from llmtune.errors import UserError
-from llmtune.tasks import common
+from llmtune.tasks import common, prompts
 from llmtune.tasks.base import EvalContext, PredictContext, Task
 
 
@@ -72,8 +72,6 @@ class ClassificationTask(Task):
         return collate
 
     def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
-        from sklearn.metrics import accuracy_score, f1_score
-
         preds, golds = [], []
 
         def collect(logits, labels):
@@ -82,13 +80,17 @@ class ClassificationTask(Task):
             golds.append(g.cpu())
 
         loss = common.run_eval(model, loader, ctx.accelerator, collect, forward=self.logits)
-        y_pred, y_true = torch.cat(preds).numpy(), torch.cat(golds).numpy()
+        return {**self._metrics(torch.cat(golds).numpy(), torch.cat(preds).numpy()), "loss": loss.loss}
+
+    def _metrics(self, y_true, y_pred) -> dict[str, float]:
+        """Accuracy (with its standard error) and macro-F1 of label ids (training and prompting)."""
+        from sklearn.metrics import accuracy_score, f1_score
+
         accuracy = float(accuracy_score(y_true, y_pred))
         return {
             "accuracy": accuracy,
             "accuracy_stderr": common.proportion_stderr(accuracy, len(y_true)),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(len(self.labels))), zero_division=0)),
-            "loss": loss.loss,
         }
 
     # ---------------------------------------------------------------- predict / serve
@@ -119,3 +121,57 @@ class ClassificationTask(Task):
             out.append({"label": self.labels[best], "score": round(row[best], 6),
                         "probabilities": {label: round(p, 6) for label, p in zip(self.labels, row, strict=True)}})
         return out
+
+    # ---------------------------------------------------------------- prompting baselines
+    prompt_modes = ("zero_shot", "few_shot", "cloze")
+
+    def _verbalizer(self, settings) -> list[str]:
+        """The word for each label, in label order: the label's name unless prompting.verbalizer
+        names another."""
+        unknown = [str(k) for k in settings.verbalizer if str(k) not in self.labels]
+        if unknown:
+            raise UserError(f"prompting.verbalizer: {unknown[0]!r} is not a label of this data (labels: {', '.join(self.labels[:20])}); map labels to words, e.g. {{{self.labels[0]}: word}}.")
+        words = [str(settings.verbalizer.get(label, label)) for label in self.labels]
+        if len(set(words)) < len(words):
+            raise UserError(f"prompting.verbalizer: two labels have the same word ({', '.join(words)}); give each label its own word.")
+        return words
+
+    def _query(self, row: dict, template: str, words: list[str]) -> str:
+        return prompts.fill(template, "prompting.template", text=row["text"], text_pair=row.get("text_pair") or "", labels=", ".join(words))
+
+    def prompt_predict(self, model, tokenizer, rows, demos, settings) -> list[str]:
+        """The label whose word the model finds likeliest: after the prompt (a causal LM), or at
+        the cloze pattern's masks (a masked LM). No text is generated or parsed."""
+        words = self._verbalizer(settings)
+        if settings.mode == "cloze":
+            template = settings.template or CLOZE_TEMPLATE
+            texts = [self._cloze_text(row) for row in rows]
+            if demos and settings.finetune_steps:
+                index = {label: i for i, label in enumerate(self.labels)}
+                prompts.cloze_finetune(model, tokenizer, [self._cloze_text(d) for d in demos], [index[str(d["label"])] for d in demos], words, template, settings)
+            scores = prompts.cloze_scores(model, tokenizer, texts, words, template, settings)
+        else:
+            has_pair = any(row.get("text_pair") for row in rows)
+            template = settings.template or (PAIR_TEMPLATE if has_pair else TEMPLATE)
+            chat = prompts.uses_chat(tokenizer, settings)
+            word_of = dict(zip(self.labels, words, strict=True))
+            shown = [(self._query(d, template, words), word_of[str(d["label"])]) for d in demos]
+            texts = [prompts.render(tokenizer, shown, self._query(row, template, words), chat) for row in rows]
+            # A plain prompt ends at "Answer:", so the word follows a space; a chat turn starts bare.
+            scores = prompts.continuation_scores(model, tokenizer, texts, [w if chat else " " + w for w in words], settings, chat)
+        return [self.labels[int(i)] for i in scores.argmax(-1)]
+
+    @staticmethod
+    def _cloze_text(row: dict) -> str:
+        return row["text"] if not row.get("text_pair") else f"{row['text']} {row['text_pair']}"
+
+    def prompt_metrics(self, rows, predictions) -> dict[str, float]:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return self._metrics([index[str(row["label"])] for row in rows], [index[p] for p in predictions])
+
+
+# Prompts of the prompting baselines (prompting.template replaces them). Decoders: the label's
+# word is scored after "Answer:"; masked LMs: at {mask} (PET's pattern for sentiment).
+TEMPLATE = "Classify the text as one of: {labels}.\nText: {text}\nAnswer:"
+PAIR_TEMPLATE = "Classify the pair of texts as one of: {labels}.\nText 1: {text}\nText 2: {text_pair}\nAnswer:"
+CLOZE_TEMPLATE = "{text} It was {mask}."

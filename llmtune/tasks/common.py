@@ -226,6 +226,26 @@ def pack_best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def pack_samples(samples: list[tuple[list[int], list[int]]], max_length: int, split: str) -> dict:
+    """(input_ids, labels) samples -> columns of rows of up to `max_length` tokens (pack_best_fit),
+    with position ids restarting at 0 at each sample (what pad_packed and packed_forward read)."""
+    bins = pack_best_fit([len(ids) for ids, _ in samples], max_length)
+    rows: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+    for members in bins:
+        ids, labels, positions = [], [], []
+        for i in members:
+            ids += samples[i][0]
+            labels += samples[i][1]
+            positions += range(len(samples[i][0]))
+        rows["input_ids"].append(ids)
+        rows["labels"].append(labels)
+        rows["position_ids"].append(positions)
+    tokens = sum(len(ids) for ids in rows["input_ids"])
+    if bins:
+        log.info("%s: packed %d samples into %d rows of up to %d tokens (%.1f%% full)", split, len(samples), len(bins), max_length, 100 * tokens / (len(bins) * max_length))
+    return rows
+
+
 def pad_packed(features: list[dict], pad_token_id: int) -> dict:
     """Packed rows -> a batch with `position_ids` that restart at 0 at each sample. Row-end
     padding is a block of its own (positions 0, 1, ...) with ignored labels. The attention

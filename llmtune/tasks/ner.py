@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from llmtune.errors import UserError
-from llmtune.tasks import common
+from llmtune.tasks import common, prompts
 from llmtune.tasks.base import IGNORE_INDEX, EvalContext, PredictContext, Task
 
 log = logging.getLogger("llmtune")
@@ -181,6 +181,7 @@ class NERTask(Task):
     main_metric = "f1"
     greater_is_better = True
     required_columns = ("tokens", "tags")
+    split_into_words = True
 
     def __post_init__(self) -> None:
         self.labels: list[str] = []
@@ -261,8 +262,6 @@ class NERTask(Task):
         return collate
 
     def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
-        from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
-
         accelerator = ctx.accelerator
         pred_tags, gold_tags = [], []
 
@@ -276,6 +275,13 @@ class NERTask(Task):
                 gold_tags.append([self.labels[g] for _, g in keep])
 
         loss = common.run_eval(model, loader, accelerator, collect, forward=self.logits)
+        return {**self._metrics(gold_tags, pred_tags), "loss": loss.loss}
+
+    @staticmethod
+    def _metrics(gold_tags: list[list[str]], pred_tags: list[list[str]]) -> dict[str, float]:
+        """seqeval's entity-level scores of IOB2 tag sequences (training and prompting)."""
+        from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+
         f1 = float(f1_score(gold_tags, pred_tags, zero_division=0))
         return {
             "precision": float(precision_score(gold_tags, pred_tags, zero_division=0)),
@@ -283,7 +289,6 @@ class NERTask(Task):
             "f1": f1,
             "f1_stderr": common.proportion_stderr(f1, len(gold_tags)),  # sentences as the unit
             "accuracy": float(accuracy_score(gold_tags, pred_tags)),
-            "loss": loss.loss,
         }
 
     # ---------------------------------------------------------------- predict / serve
@@ -329,3 +334,91 @@ class NERTask(Task):
                     scores.append(1.0)
             out.append({"entities": entities(tags, row["spans"], row["text"], scores)})
         return out
+
+    # ---------------------------------------------------------------- prompting baselines
+    prompt_modes = ("zero_shot", "few_shot")
+
+    def _type_words(self, settings) -> dict[str, str]:
+        """Entity type -> the word the prompt uses for it (the type's name unless
+        prompting.verbalizer names another, e.g. {PER: person})."""
+        types = sorted({label[2:] for label in self.labels if label != "O"})
+        unknown = [str(k) for k in settings.verbalizer if str(k) not in types]
+        if unknown:
+            raise UserError(f"prompting.verbalizer: {unknown[0]!r} is not an entity type of this data (types: {', '.join(types)}); map types to words, e.g. {{{types[0] if types else 'PER'}: person}}.")
+        return {t: str(settings.verbalizer.get(t, t)) for t in types}
+
+    def prompt_predict(self, model, tokenizer, rows, demos, settings) -> list[list[str]]:
+        """IOB2 tags per sentence, from generated "entity | type" lines matched back to its words."""
+        words = self._type_words(settings)
+        template = settings.template or PROMPT_TEMPLATE
+        chat = prompts.uses_chat(tokenizer, settings)
+
+        def query(row):
+            return prompts.fill(template, "prompting.template", text=" ".join(row["tokens"]), types=", ".join(words.values()))
+
+        shown = [(query(d), entity_lines(d["tokens"], to_iob2(d["tags"], tag_scheme([d["tags"]], "a demonstration")), words)) for d in demos]
+        texts = [prompts.render(tokenizer, shown, query(row), chat, sep="\n") for row in rows]
+        generated = prompts.generate(model, tokenizer, texts, settings, chat)
+        by_word = {w.lower(): t for t, w in words.items()} | {t.lower(): t for t in words}
+        return [entity_tags(row["tokens"], parse_entity_lines(text, by_word)) for row, text in zip(rows, generated, strict=True)]
+
+    def prompt_metrics(self, rows, predictions) -> dict[str, float]:
+        gold = [list(row["tags"]) for row in rows]
+        scheme = tag_scheme(gold, "the scored split")
+        return self._metrics([to_iob2(tags, scheme) for tags in gold], predictions)
+
+
+# The prompt of the prompting baseline (prompting.template replaces it; fields {text}, {types}).
+PROMPT_TEMPLATE = ("List the named entities in the text, one per line as: entity | type. Types: {types}. "
+                   "Write none if there are none.\nText: {text}\nEntities:")
+# "entity | type", optionally after a bullet or a number ("- ", "2. ").
+ENTITY_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])?\s*(?P<entity>[^|]+?)\s*\|\s*(?P<type>[^|]+?)\s*\.?\s*$")
+
+
+def entity_lines(tokens: list[str], tags: list[str], words: dict[str, str]) -> str:
+    """A sentence's entities as the prompt asks for them (demonstrations): "entity | type" lines, or none."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    lines = [f"{' '.join(tokens[start:end + 1])} | {words.get(kind, kind)}" for kind, start, end in get_entities(tags)]
+    return "\n".join(lines) or "none"
+
+
+def parse_entity_lines(text: str, types: dict[str, str]) -> list[tuple[str, str]]:
+    """(entity text, type) of each line of a model's answer that reads "entity | type" with a
+    known type (`types`: lower-cased word -> type); other lines (chatter, unknown types) are
+    skipped. The answer ends at its first blank line (a plain prompt's next example)."""
+    found = []
+    for line in text.strip().split("\n\n")[0].splitlines():
+        match = ENTITY_LINE.match(line)
+        if match is None:
+            continue
+        kind = types.get(match["type"].strip("'\"` ").lower())
+        entity = match["entity"].strip("'\"` ")
+        if kind is not None and entity:
+            found.append((entity, kind))
+    return found
+
+
+def entity_tags(tokens: list[str], found: list[tuple[str, str]]) -> list[str]:
+    """IOB2 tags of `tokens` for entities named by their text: each goes on the first untagged
+    run of words that spells it (exactly, else ignoring case); an entity found nowhere is dropped."""
+    tags = ["O"] * len(tokens)
+    for entity, kind in found:
+        for words in (entity.split(), [w for w, _, _ in split_words(entity)]):
+            start = _first_run(tokens, words, tags)
+            if start is not None:
+                tags[start:start + len(words)] = [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+                break
+    return tags
+
+
+def _first_run(tokens: list[str], words: list[str], tags: list[str]) -> int | None:
+    n = len(words)
+    if n == 0:
+        return None
+    for fold in (str, str.lower):
+        wanted = [fold(w) for w in words]
+        for i in range(len(tokens) - n + 1):
+            if all(t == "O" for t in tags[i:i + n]) and [fold(t) for t in tokens[i:i + n]] == wanted:
+                return i
+    return None

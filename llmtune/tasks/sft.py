@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from llmtune.errors import UserError
 from llmtune.tasks import common
-from llmtune.tasks.base import IGNORE_INDEX, PredictContext, Task
+from llmtune.tasks.base import IGNORE_INDEX, EvalContext, PredictContext, Task
 from llmtune.tasks.generation import GENERATION_DEFAULTS, encode_prompts, generate_texts
 
 log = logging.getLogger("llmtune")
@@ -111,6 +111,16 @@ def _chat_segments(tokenizer, messages: list[dict], where: str) -> list[tuple[st
     return pieces
 
 
+def prompt_text(messages: list[dict], tokenizer) -> str:
+    """The chat so far, rendered as in training, ending where the assistant's reply starts
+    (the tokenizer's chat template with its generation prompt, else PLAIN_TEMPLATE after BOS
+    when the tokenizer adds one). Tokenize it with add_special_tokens=False."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else ""
+    return bos + "".join(text for text, _ in _plain_segments(messages))
+
+
 def shifted_labels(ids: list[int], learned: list[bool]) -> list[int]:
     """Labels aligned with the logits: position t is trained to predict token t+1 when that
     token is learned. The last position predicts nothing, so no label reaches the next
@@ -125,6 +135,7 @@ class SFTTask(Task):
     packing: bool = False
     attn_implementation: str | None = None   # the model's: flash joins packed rows into one
     builtin: str = "sft"
+    eval_generate: int = 4        # each evaluation also generates replies to this many held-out chats (0: none)
 
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
@@ -168,6 +179,10 @@ class SFTTask(Task):
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "packing": self.packing}
 
+    @property
+    def packs_samples(self) -> bool:
+        return self.packing
+
     def _messages(self, row: dict, where: str) -> list[dict]:
         """The row as a checked chat of {role, content} turns."""
         if row.get("messages") is None and not (isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
@@ -201,7 +216,10 @@ class SFTTask(Task):
                 if is_target and eos not in piece:
                     piece = piece + [eos]
                 ids += piece
-                learned += [is_target] * len(piece)
+                # A chat template's turn goes on past its EOS (ChatML: "<|im_end|>\n"); what
+                # follows the EOS is the next turn's formatting, not the reply: not learned.
+                stop = piece.index(eos) + 1 if is_target else 0
+                learned += [True] * stop + [False] * (len(piece) - stop)
             encoded.append((ids, learned))
         return encoded
 
@@ -241,21 +259,7 @@ class SFTTask(Task):
 
     def _pack(self, samples: list[tuple[list[int], list[int]]], split: str) -> dict:
         """Samples -> rows of up to max_length tokens, with position ids restarting per sample."""
-        bins = common.pack_best_fit([len(ids) for ids, _ in samples], self.max_length)
-        rows = {"input_ids": [], "labels": [], "position_ids": []}
-        for members in bins:
-            ids, labels, positions = [], [], []
-            for i in members:
-                ids += samples[i][0]
-                labels += samples[i][1]
-                positions += range(len(samples[i][0]))
-            rows["input_ids"].append(ids)
-            rows["labels"].append(labels)
-            rows["position_ids"].append(positions)
-        tokens = sum(len(ids) for ids in rows["input_ids"])
-        if bins:
-            log.info("%s: packed %d samples into %d rows of up to %d tokens (%.1f%% full)", split, len(samples), len(bins), self.max_length, 100 * tokens / (len(bins) * self.max_length))
-        return rows
+        return common.pack_samples(samples, self.max_length, split)
 
     # ---------------------------------------------------------------- batches and metrics
     def collator(self, tokenizer, train: bool):
@@ -277,6 +281,38 @@ class SFTTask(Task):
         flash = str(self.attn_implementation or "").startswith("flash")
         return common.packed_forward(model, batch, labels, flatten=flash)
 
+    def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
+        """Held-out loss (the main metric), and replies generated for the first
+        `eval_generate` chats of the split, handed to the engine for the log and predictions/
+        (every process generates the same few: nothing to gather)."""
+        metrics = super().evaluate(model, loader, ctx)
+        if self.eval_generate > 0 and ctx.raw is not None and len(ctx.raw):
+            ctx.report_predictions(self._sample_replies(ctx.accelerator.unwrap_model(model), ctx))
+        return metrics
+
+    def _sample_replies(self, model, ctx: EvalContext) -> list[dict]:
+        """{source: the chat up to its last assistant turn, reference: that turn, prediction}."""
+        rows = ctx.raw.select(range(min(self.eval_generate, len(ctx.raw))))
+        where = rows.info.description or "the evaluation data"
+        chats, references = [], []
+        for number, row in enumerate(rows, start=1):
+            messages = self._messages(row, f"{where} row {number}")
+            last = max(i for i, turn in enumerate(messages) if turn["role"] == "assistant")
+            if last == 0:
+                continue  # nothing comes before the reply: no prompt to generate from
+            chats.append(messages[:last])
+            references.append(messages[last]["content"])
+        if not chats:
+            return []
+        inputs = encode_prompts(ctx.tokenizer, [prompt_text(chat, ctx.tokenizer) for chat in chats], add_special_tokens=False)
+        model.eval()
+        try:
+            replies = generate_texts(model, ctx.tokenizer, inputs, {})
+        finally:
+            model.train()
+        return [{"source": "\n".join(f"{turn['role']}: {turn['content']}" for turn in chat), "reference": reference, "prediction": reply}
+                for chat, reference, reply in zip(chats, references, replies, strict=True)]
+
     # ---------------------------------------------------------------- predict / serve
     def read_input(self, item, where: str) -> dict:
         """A prompt (text), {"prompt": ...} or {"messages": [...]} (a chat whose last turn is
@@ -296,11 +332,7 @@ class SFTTask(Task):
         return sum(len(turn["content"]) for turn in row["messages"])
 
     def _prompt_text(self, messages: list[dict], tokenizer) -> str:
-        """The chat so far, rendered as in training, ending where the assistant's reply starts."""
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        bos = tokenizer.bos_token if tokenizer.bos_token and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] else ""
-        return bos + "".join(text for text, _ in _plain_segments(messages))
+        return prompt_text(messages, tokenizer)
 
     def predict(self, model, rows: list[dict], ctx: PredictContext) -> list[dict]:
         """The assistant's reply to each chat (greedy unless temperature > 0)."""

@@ -48,6 +48,16 @@ def test_packed_sft_loss_falls(packed_run):
     assert "packed" in (out / "run.log").read_text()
 
 
+def test_each_evaluation_generates_replies_to_a_few_held_out_chats(packed_run):
+    # task.eval_generate (default 4): replies for the first chats of the split, in the log and
+    # predictions/ (the engine's seam: EvalContext.report_predictions); the loss stays the metric.
+    out, _ = packed_run
+    rows = [json.loads(line) for line in (out / "predictions" / "validation.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(set(r) == {"source", "reference", "prediction"} for r in rows)
+    assert all(r["source"].startswith("user: ") and r["reference"] for r in rows)
+    assert "validation sample 1: source: user: " in (out / "run.log").read_text()
+
+
 def test_packed_rows_are_the_batch_plan_units(packed_run):
     out, _ = packed_run
     log = (out / "run.log").read_text()

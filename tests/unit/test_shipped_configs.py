@@ -29,6 +29,8 @@ def _group_cases():
         for option in group_options(group):
             if group == "task":
                 primaries = ["pretrain"] if option in PRETRAIN_TASKS else ["finetune"]
+            elif group == "continual":  # the methods of conf/continual.yaml's sequences
+                primaries = ["continual"]
             else:
                 primaries = ["finetune", "pretrain"]
             cases += [pytest.param(p, group, option, id=f"{p}-{group}={option}") for p in primaries]
@@ -44,7 +46,20 @@ def test_the_tree_has_the_documented_groups():
 
 @pytest.mark.parametrize(("primary", "group", "option"), _group_cases())
 def test_every_group_option_composes_and_validates(primary, group, option):
+    import torch
+
+    from llmtune.errors import UserError
+
     cfg = _compose(CONF, primary, [f"{group}={option}"])
+    if (group, option) == ("peft", "qlora") and not torch.cuda.is_available():
+        with pytest.raises(UserError, match="needs a CUDA GPU"):  # its preflight, on a machine without one
+            llmtune_config.validate(cfg)
+        return
+    # Prompt learning refuses some default tasks (prefix: all but causal LMs; the others: masked LM); a decoder task takes it.
+    if group == "peft" and (option == "prefix" or (option in ("prompt_tuning", "p_tuning") and primary == "pretrain")):
+        with pytest.raises(UserError, match=f"peft={option}"):
+            llmtune_config.validate(cfg)
+        cfg = _compose(CONF, primary, [f"{group}={option}", f"task={'clm' if primary == 'pretrain' else 'sft'}", "model=tiny_llama"])
     llmtune_config.validate(cfg)
     assert cfg.command == primary
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -114,6 +129,8 @@ def test_every_recipe_composes_and_validates(name):
     cfg = _compose(RECIPES, name, [f"hydra.searchpath=[file://{CONF}]"])
     llmtune_config.validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)
+    if cfg.command == "continual":  # its stages pick their tasks (tests/integration/test_continual.py)
+        return
     assert cfg.command in ("finetune", "pretrain")
     expected = "pretrain" if cfg.task.name in PRETRAIN_TASKS else "finetune"
     assert cfg.command == expected
