@@ -31,7 +31,7 @@ the closest valid one. Set LLMTUNE_DEBUG=1 for full tracebacks.
 """
 # Where the known verbs stand in `llmtune --help` (the workflow's order); any other verb in
 # llmtune/commands/ follows, alphabetically.
-ORDER = ("pretrain", "finetune", "recipes", "run", "sweep-report", "validate", "inspect", "evaluate", "predict", "export", "serve", "plot", "bench", "env")
+ORDER = ("pretrain", "finetune", "recipes", "run", "sweep-report", "compare", "validate", "inspect", "evaluate", "predict", "export", "serve", "plot", "bench", "env")
 HELP_FLAGS = ("-h", "--help")
 
 

@@ -8,6 +8,8 @@ Outputs (a contract):
     final/             save_pretrained model or PEFT adapter + tokenizer + label maps,
                        README.md (model card, llmtune.modelcard)
     plots/             loss, lr and validation-metric curves (PNG; the `plots` callback)
+    predictions/       <split>.jsonl: per-example outputs of tasks that generate (source, reference,
+                       prediction), from the latest evaluation of that split
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ log = logging.getLogger("llmtune")
 __all__ = ["RUN_MARKERS", "check_run_dir", "run_dir_of", "run_job"]
 
 
-def run_job(cfg: DictConfig) -> float | None:
+def run_job(cfg: DictConfig, extension=None) -> float | None:
+    """One training run; `extension` (llmtune.extension.RunExtension) adjusts how it is built."""
+    from llmtune.bench.measure import MemoryProbe
     from llmtune.builders import build_accelerator, build_trainer
     from llmtune.config import validate
     from llmtune.engine.loop import fit
+    from llmtune.peft.heads import count_parameters
     from llmtune.ui.console import setup_logging
 
     validate(cfg)
@@ -47,11 +52,16 @@ def run_job(cfg: DictConfig) -> float | None:
             cfg.output_dir = str(run_dir)
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         log.info("llmtune %s: task=%s model=%s -> %s", cfg.command, cfg.task.name, cfg.model.name_or_path or cfg.model.config.model_type, run_dir)
-        trainer, method = build_trainer(cfg, accelerator, run_dir)
-        # The directory is written once fit() has passed the resume checks, just before training.
-        trainer.callbacks.insert(0, _Commit(run, config_yaml, hydra_files))
-        result = fit(trainer)
-        _finish(trainer, method, result, cfg, run_dir)
+        # Peak memory from here (model, data, optimizer, activations) to the end of training,
+        # this process: CUDA's max allocated on a GPU, the growth of the peak RSS on the CPU.
+        with MemoryProbe(accelerator.device.type == "cuda", interval_s=0.01) as memory:
+            trainer, method = build_trainer(cfg, accelerator, run_dir, extension)
+            trainable, total = count_parameters(trainer.model)  # before fit() wraps it (FSDP shards it)
+            # The directory is written once fit() has passed the resume checks, just before training.
+            trainer.callbacks.insert(0, _Commit(run, config_yaml, hydra_files))
+            result = fit(trainer)
+        extra = {"params": {"trainable": trainable, "total": total}, "memory": memory.result}
+        _finish(trainer, method, result, cfg, run_dir, extra)
     finally:
         _shutdown(accelerator)
         run.release()
@@ -69,7 +79,7 @@ class _Commit(Callback):
         self.run.commit(self.config_yaml, self.hydra_files, state.step)
 
 
-def _finish(trainer, method, result, cfg, run_dir: Path) -> None:
+def _finish(trainer, method, result, cfg, run_dir: Path, extra: dict) -> None:
     from llmtune.engine.distributed import full_weights
     from llmtune.modelcard import write_card
 
@@ -77,7 +87,7 @@ def _finish(trainer, method, result, cfg, run_dir: Path) -> None:
     weights = full_weights(trainer.model, trainer.accelerator)
     if trainer.accelerator.is_main_process:
         _write_final(trainer, method, cfg, run_dir / "final", weights)
-        _write_metrics(trainer, result, cfg, run_dir)
+        _write_metrics(trainer, result, cfg, run_dir, extra)
         write_card(trainer, method, cfg, run_dir)  # final/README.md: needs metrics.json and plots/
     trainer.accelerator.wait_for_everyone()
 
@@ -113,7 +123,8 @@ def _write_final(trainer, method, cfg, final: Path, weights: dict | None = None)
     log.info("saved %s to %s", "adapter" if method.is_adapter else "model", final)
 
 
-def _write_metrics(trainer, result, cfg, run_dir: Path) -> None:
+def _write_metrics(trainer, result, cfg, run_dir: Path, extra: dict) -> None:
+    """metrics.json; `extra`: what run_job measured around fit() (parameter counts, peak memory)."""
     from llmtune.ui.console import metrics_table, print_table
 
     task, state = trainer.task, result.state
@@ -123,7 +134,8 @@ def _write_metrics(trainer, result, cfg, run_dir: Path) -> None:
         "greater_is_better": task.greater_is_better,
         **result.metrics,
         "best": {"step": state.best_step, task.main_metric: state.best_metric},
-        "train": {"steps": state.step, "loss": result.train_loss, "runtime_s": round(result.runtime_s, 2)},
+        "train": {"steps": state.step, "loss": result.train_loss, "runtime_s": round(result.runtime_s, 2), **_throughput(result)},
+        **extra,
     }
     if result.initial is not None:
         metrics["initial_validation"] = result.initial
@@ -137,6 +149,13 @@ def _write_metrics(trainer, result, cfg, run_dir: Path) -> None:
         shown = {"step 0": result.initial, **shown}
     print_table(metrics_table(f"{cfg.command} {task.name}", shown, task.main_metric))
     print(f"outputs: {run_dir}")
+
+
+def _throughput(result) -> dict:
+    """The training loop's time without its evaluations (checkpoint writes stay in: they are
+    part of a method's cost) and the non-pad tokens trained per second of it."""
+    per_s = result.tokens / result.train_s if result.train_s > 0 else None
+    return {"train_s": round(result.train_s, 2), "tokens": result.tokens, "tokens_per_s": None if per_s is None else round(per_s, 1)}
 
 
 def _shutdown(accelerator) -> None:
