@@ -19,13 +19,26 @@ def describe(name: str) -> tuple[str, str]:
     body = yaml.safe_load(text) or {}
     command, parts = "finetune", []
     for entry in body.pop("defaults", []):
-        if isinstance(entry, str) and entry.strip("/") in ("finetune", "pretrain"):
+        if isinstance(entry, str) and entry.strip("/") in primary_configs():
             command = entry.strip("/")
         elif isinstance(entry, dict):
             for key, value in entry.items():
                 parts.append(f"{key.replace('override', '').strip().strip('/')}={value}")
     parts += [f"{k}={v}" for k, v in _flatten(body)]
     return description, " ".join(["llmtune", command, *parts])
+
+
+def primary_configs() -> list[str]:
+    """The primary configs in conf/ (finetune, pretrain, continual): a recipe extends one, and
+    the verb of that name runs it."""
+    from llmtune.paths import conf_dir
+
+    return sorted(p.stem for p in conf_dir().glob("*.yaml"))
+
+
+def command_of(name: str) -> str:
+    """The verb that runs recipes/<name>.yaml (the primary config it extends)."""
+    return describe(name)[1].split()[1]
 
 
 def _flatten(node: dict, prefix: str = ""):

@@ -6,8 +6,8 @@ HELP = "run a shipped recipe by name, e.g. `llmtune run ner-lora trainer.max_ste
 USAGE = """\
 usage: llmtune run NAME [hydra overrides and flags]
 
-Runs recipes/NAME.yaml, a finetune or pretrain config with some groups and keys set; every
-override of `llmtune finetune` applies on top (`llmtune run ner-lora optimizer.lr=1e-4`).
+Runs recipes/NAME.yaml, a finetune, pretrain or continual config with some groups and keys set;
+every override of that command applies on top (`llmtune run ner-lora optimizer.lr=1e-4`).
 `llmtune recipes` lists the recipes; `llmtune run NAME --help` shows Hydra's help for one.
 """
 
@@ -25,4 +25,16 @@ def main(args: list[str]) -> None:
             f"no recipe named '{name}'.{did_you_mean(name, recipe_names())} "
             f"Available: {', '.join(recipe_names())} (`llmtune recipes` describes them)."
         )
-    run(name, overrides)
+    from llmtune.commands._hydra import COMMANDS
+    from llmtune.recipes import command_of
+
+    command = command_of(name)
+    if command in COMMANDS:
+        run(name, overrides)
+    else:  # a recipe of another primary config (continual): its verb runs it
+        import importlib
+
+        from llmtune.commands._hydra import config_of
+
+        config_dir, extra = config_of(name)
+        importlib.import_module(f"llmtune.commands.{command}").run_config(config_dir, name, [*overrides, *extra])
