@@ -250,9 +250,9 @@ class _CountingTask:
     def __getattr__(self, name):
         return getattr(self._task, name)
 
-    def collator(self, tokenizer, train: bool):
-        collate = self._task.collator(tokenizer, train=train)
-        return self._meter.wrap(collate) if train else collate
+    def train_collator(self, tokenizer):
+        # What the engine collates training batches with (train mixers included).
+        return self._meter.wrap(self._task.train_collator(tokenizer))
 
 
 def _sampling_args(grouped: bool) -> dict:

@@ -131,8 +131,9 @@ def metrics_table(title: str, metrics: dict[str, dict[str, float]], main_metric:
 
 def rows_table(title: str, header: Sequence[str], rows: Iterable[Sequence]) -> Table:
     table = Table(title=title)
-    for h in header:
-        table.add_column(str(h))
+    for i, h in enumerate(header):
+        # The first column names the row (a recipe, a method): copied whole, never wrapped.
+        table.add_column(str(h), no_wrap=i == 0)
     for row in rows:
         table.add_row(*[_fmt(v) for v in row])
     return table
