@@ -40,12 +40,14 @@ KEPT_CONFIG = "config.until-step-{}.yaml"
 
 def run_dir_of(cfg) -> Path:
     """Hydra's job directory when Hydra runs the job (a sweep job gets its own), else output_dir."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
+    # A config composed outside a Hydra job (compare, continual, tests) may leave a HydraConfig
+    # behind whose runtime.output_dir is unset ("???"): that is no job directory either.
+    if HydraConfig.initialized() and not OmegaConf.is_missing(HydraConfig.get().runtime, "output_dir"):
         return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:
-        return Path(str(cfg.output_dir)).expanduser().resolve()
+    return Path(str(cfg.output_dir)).expanduser().resolve()
 
 
 def check_output_dir(path: Path) -> None:

@@ -130,7 +130,7 @@ def test_the_continual_recipes_are_listed_as_continual_commands():
 @pytest.mark.slow
 def test_a_continual_recipe_runs(tmp_path):
     out = tmp_path / "recipe"
-    result = run_cli("run", "continual-ner-l2sp", *TINY, "trainer.max_steps=1", "data.max_train_samples=8", "data.max_eval_samples=4", f"output_dir={out}")
+    result = run_cli("run", "continual-ner-l2sp", *TINY, "trainer.max_steps=1", "data.max_train_samples=96", "data.max_eval_samples=8", f"output_dir={out}")
     assert result.code == 0, result.err[-3000:]
     rep = json.loads((out / "report.json").read_text())
     assert rep["method"] == "l2sp" and rep["stages"] == ["news", "medical", "sports"]
@@ -141,7 +141,7 @@ def test_a_continual_recipe_runs(tmp_path):
 @pytest.mark.parametrize("name", [n for n in recipe_names() if n.startswith("continual-")])
 def test_each_continual_recipe_runs_with_a_tiny_model(tmp_path, name):
     out = tmp_path / "run"
-    result = run_cli("run", name, *TINY, "trainer.max_steps=1", "data.max_train_samples=8", "data.max_eval_samples=4",
+    result = run_cli("run", name, *TINY, "trainer.max_steps=1", "data.max_train_samples=96", "data.max_eval_samples=8",
                      "continual.fisher_samples=4" if "ewc" in name else "trainer.log_every=1", f"output_dir={out}")
     assert result.code == 0, result.err[-3000:]
     assert json.loads((out / "report.json").read_text())["forgetting"] is not None
