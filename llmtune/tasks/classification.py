@@ -72,15 +72,8 @@ class ClassificationTask(Task):
         return collate
 
     def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
-        preds, golds = [], []
-
-        def collect(logits, labels):
-            p, g = ctx.accelerator.gather_for_metrics((logits.argmax(-1), labels))
-            preds.append(p.cpu())
-            golds.append(g.cpu())
-
-        loss = common.run_eval(model, loader, ctx.accelerator, collect, forward=self.logits)
-        return {**self._metrics(torch.cat(golds).numpy(), torch.cat(preds).numpy()), "loss": loss.loss}
+        y_true, y_pred, loss = common.eval_argmax(model, loader, ctx, forward=self.logits)
+        return {**self._metrics(y_true, y_pred), "loss": loss.loss}
 
     def _metrics(self, y_true, y_pred) -> dict[str, float]:
         """Accuracy (with its standard error) and macro-F1 of label ids (training and prompting)."""

@@ -132,6 +132,20 @@ def run_eval(model, dataloader, accelerator, on_batch: Callable[[torch.Tensor, t
     return loss_stats(torch.cat(sums), torch.cat(counts))
 
 
+def eval_argmax(model, loader, ctx, forward) -> tuple:
+    """(gold labels, argmax predictions, EvalLoss) over a loader whose logits hold one row of
+    class scores per example (sequence-level tasks), gathered from every process."""
+    preds, golds = [], []
+
+    def collect(logits, labels):
+        p, g = ctx.accelerator.gather_for_metrics((logits.argmax(-1), labels))
+        preds.append(p.cpu())
+        golds.append(g.cpu())
+
+    loss = run_eval(model, loader, ctx.accelerator, collect, forward=forward)
+    return torch.cat(golds).numpy(), torch.cat(preds).numpy(), loss
+
+
 def per_example_loss(logits: torch.Tensor, scored: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss sum, labelled positions) per example, i.e. per row of `labels`. `scored` are the
     labels a forward hook returned with `logits`: the same labelled positions in the same

@@ -404,15 +404,7 @@ class RelationTask(Task):
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
-        preds, golds = [], []
-
-        def collect(logits, labels):
-            p, g = ctx.accelerator.gather_for_metrics((logits.argmax(-1), labels))
-            preds.append(p.cpu())
-            golds.append(g.cpu())
-
-        loss = common.run_eval(model, loader, ctx.accelerator, collect, forward=self.logits)
-        y_pred, y_true = torch.cat(preds).numpy(), torch.cat(golds).numpy()
+        y_true, y_pred, loss = common.eval_argmax(model, loader, ctx, forward=self.logits)
         return {**relation_metrics(y_true, y_pred, self.labels, self.negative_label), "loss": loss.loss}
 
     # ---------------------------------------------------------------- predict / serve
