@@ -88,6 +88,9 @@ def show_examples(out: Console, task, tokenizer, train, n: int, seed: int) -> No
             name = label_name(task, tokenizer, int(labels[0]))
             out.print(Text(f"{header}, label ") + Text(name, style=f"bold {colour(task, name)}"))
             labels = [IGNORE_INDEX] * len(tokens)
+        elif labels.shape[-1] != len(tokens):  # not one per token (answer span positions, a target text)
+            out.print(f"{header}; labels (not one per token): {labels[0].tolist()}")
+            labels = [IGNORE_INDEX] * len(tokens)
         else:
             out.print(header)
             labels = labels[0].tolist()

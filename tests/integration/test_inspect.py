@@ -118,3 +118,14 @@ def test_bad_overrides_are_one_line(tmp_path):
     sweep = run_cli("inspect", *ner_args(out), "optimizer.lr=1e-4,3e-4")
     assert sweep.code == 2 and "sweep" in sweep.err
     assert not out.exists()
+
+
+def test_a_task_whose_labels_are_not_one_per_token_shows_them_whole(tmp_path):
+    # QA labels are the answer's start and end positions, not a label per token.
+    out = tmp_path / "run"
+    result = run_cli("inspect", "finetune", "task=qa", "model=tiny_bert", "data.max_train_samples=16", "task.max_length=160",
+                     f"output_dir={out}", "inspect.n=1", "inspect.steps=0", "inspect.png=none")
+    assert result.code == 0, result.text[-2000:]
+    line = next(ln for ln in result.out.splitlines() if ln.startswith("example 0:"))
+    start, end = (int(v) for v in line.split("[", 1)[1].rstrip("]").split(","))
+    assert 0 <= start <= end < 160  # positions inside the window (0, 0: no answer in it)
