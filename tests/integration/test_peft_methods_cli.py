@@ -1,8 +1,9 @@
 """Each PEFT method through the real CLI on tiny models: finetune, then evaluate, predict and
 export from what it saved. The log names the trainable share, checkpoints hold only what
 trains, `evaluate` reproduces the run's validation metrics, and the exported (merged) model
-predicts what final/ predicts. Resume is exact for the methods with their own state (PiSSA's
-residual base, LoRA+'s parameter groups, VeRA's shared random projections).
+predicts what final/ predicts. Resume is exact for every method, including those with their own
+state (PiSSA's residual base, LoRA+'s parameter groups, VeRA's shared random projections, DoRA's
+magnitudes, BitFit's whole-model final/).
 
 One method (PiSSA: it changes the base weights, the hardest case for loading and export) and
 the QLoRA refusal run in the fast suite; every method x task and the resumes are slow.
@@ -123,9 +124,20 @@ def test_qlora_on_cuda(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- resume
+# The methods with a peft.dropout knob (the others have no dropout of their own).
+WITH_DROPOUT = {"pissa", "lora_plus", "vera", "dora", "rslora", "qlora"}
+
+
 def _resume_args(out: Path, method: str, *extra: str) -> list[str]:
-    return [*ner_args(out, steps=4), f"model.tokenizer={FIXED_TOKENIZER}", *NO_DROPOUT, f"peft={method}", "peft.dropout=0",
+    dropout = ["peft.dropout=0"] if method in WITH_DROPOUT else []
+    return [*ner_args(out, steps=4), f"model.tokenizer={FIXED_TOKENIZER}", *NO_DROPOUT, f"peft={method}", *dropout,
             "trainer.save_every=2", "trainer.eval_every=null", *extra]
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """What final/ holds: the adapter, or (bitfit) the whole model."""
+    name = "adapter_model.safetensors" if (run / "final" / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(run / "final" / name)
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -133,7 +145,10 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pissa", "lora_plus", "vera"])
+@pytest.mark.parametrize("method", [
+    "pissa", "lora_plus", "vera", "dora", "rslora", "ia3", "ln_tuning", "bitfit",
+    pytest.param("qlora", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs a CUDA GPU")),
+])
 def test_resume_matches_the_straight_run(method, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_cli(*_resume_args(straight, method)).code == 0
@@ -141,5 +156,5 @@ def test_resume_matches_the_straight_run(method, tmp_path):
     assert result.code == 0, result.err[-3000:]
     assert "resumed from" in result.err
     assert _losses(resumed) == {k: v for k, v in _losses(straight).items() if k > 2}
-    a, b = (load_file(run / "final" / "adapter_model.safetensors") for run in (straight, resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (_final_weights(run) for run in (straight, resumed))
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
