@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmtune import compare as cmp
+from llmtune import compare_table as ct
 from llmtune.errors import UserError
 
 
@@ -28,15 +29,15 @@ def _metrics(f1: float | None, trainable: int | None = 100, total: int | None = 
     return metrics
 
 
-def _result(method: str, seed: int, metrics: dict | None, error: str = "") -> cmp.RunResult:
-    return cmp.RunResult(method, seed, Path(f"/runs/{method}/seed-{seed}"), metrics, {"seed": seed}, error)
+def _result(method: str, seed: int, metrics: dict | None, error: str = "") -> ct.RunResult:
+    return ct.RunResult(method, seed, Path(f"/runs/{method}/seed-{seed}"), metrics, {"seed": seed}, error)
 
 
 def test_mean_std_skips_missing_values():
-    mean, std = cmp.mean_std([0.5, None, 0.7, 0.9])
+    mean, std = ct.mean_std([0.5, None, 0.7, 0.9])
     assert mean == pytest.approx(0.7) and std == pytest.approx(0.2)  # sample std (n - 1)
-    assert cmp.mean_std([0.4]) == (0.4, None)  # one seed: no spread
-    assert cmp.mean_std([None, None]) == (None, None)
+    assert ct.mean_std([0.4]) == (0.4, None)  # one seed: no spread
+    assert ct.mean_std([None, None]) == (None, None)
 
 
 def test_table_groups_runs_by_method_and_marks_failures():
@@ -47,7 +48,7 @@ def test_table_groups_runs_by_method_and_marks_failures():
         _result("none", 2, None, error="TrainingError: out of memory at step 3"),
         _result("bitfit", 1, None, error="boom"),
     ]
-    table = cmp.build_table(results, order=["none", "lora", "bitfit"])
+    table = ct.build_table(results, order=["none", "lora", "bitfit"])
     assert [r.method for r in table.rows] == ["none", "lora", "bitfit"]
     none, lora, bitfit = table.rows
     assert (lora.runs, lora.ok, lora.status) == (2, 2, "ok")
@@ -62,27 +63,27 @@ def test_table_groups_runs_by_method_and_marks_failures():
 def test_runs_of_different_tasks_are_refused():
     other = {**_metrics(0.5), "task": "classification", "main_metric": "accuracy"}
     with pytest.raises(UserError, match="different tasks"):
-        cmp.build_table([_result("none", 1, _metrics(0.5)), _result("lora", 1, other)])
+        ct.build_table([_result("none", 1, _metrics(0.5)), _result("lora", 1, other)])
 
 
 def test_csv_and_markdown_hold_the_rows():
     results = [_result("none", s, _metrics(f, trainable=1000, test=f + 0.1)) for s, f in ((1, 0.5), (2, 0.7))]
     results += [_result("lora", 1, _metrics(0.4, trainable=None, memory=None)), _result("lora", 2, None, error="bad | line")]
-    table = cmp.build_table(results)
-    rows = list(csv.DictReader(io.StringIO(cmp.to_csv(table))))
+    table = ct.build_table(results)
+    rows = list(csv.DictReader(io.StringIO(ct.to_csv(table))))
     assert [r["method"] for r in rows] == ["none", "lora"]
     assert float(rows[0]["f1_mean"]) == pytest.approx(0.6) and float(rows[0]["f1_std"]) == pytest.approx(0.1414, abs=1e-4)
     assert float(rows[0]["test_f1_mean"]) == pytest.approx(0.7) and rows[0]["trainable_pct"] == "100.0"
     assert rows[1]["trainable_params"] == "" and rows[1]["peak_memory_mb"] == "" and rows[1]["status"] == "1 of 2 failed"
     assert rows[1]["error"] == "seed 2: bad | line"
-    md = cmp.to_markdown(table).splitlines()
+    md = ct.to_markdown(table).splitlines()
     assert md[0].startswith("ner: f1 on validation") and "seeds 1, 2" in md[0] and "peak RSS growth" in md[0]
     assert md[2].split(" | ")[3:5] == ["f1 (validation)", "f1 (test)"]
     assert "| none | 2 | ok | 0.6000 ± 0.1414 | 0.7000 ± 0.1414 | 1,000 | 100% | 50 | 2.0 | 500 |  |" in md
     lora = next(line for line in md if line.startswith("| lora"))
     assert "| 0.4000 |" in lora and "| - |" in lora and "bad \\| line" in lora  # a `|` in an error is escaped
     # Without a failure there is no error column.
-    assert "error" not in cmp.to_markdown(cmp.build_table(results[:2])).splitlines()[2]
+    assert "error" not in ct.to_markdown(ct.build_table(results[:2])).splitlines()[2]
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -95,12 +96,12 @@ def test_plot_is_a_png_of_the_expected_size(tmp_path):
     results = [_result("none", s, _metrics(0.8 + s / 100, trainable=1000)) for s in (1, 2)]
     results += [_result("lora", s, _metrics(0.7, trainable=5)) for s in (1, 2)]
     results += [_result("zero_shot", 1, _metrics(0.3, trainable=0))]  # trains nothing: a line, not a point
-    written = cmp.write(cmp.build_table(results), tmp_path)
+    written = ct.write(ct.build_table(results), tmp_path)
     assert [p.name for p in written] == ["compare.csv", "compare.md", "compare.png"]
     assert _png_size(tmp_path / "compare.png") == (700, 420)
     assert (tmp_path / "compare.png").stat().st_size > 5000
     # Nothing finished: no plot, the table files still.
-    assert cmp.plot(cmp.build_table([_result("none", 1, None, "x")]), tmp_path / "none.png") is None
+    assert ct.plot(ct.build_table([_result("none", 1, None, "x")]), tmp_path / "none.png") is None
 
 
 @pytest.mark.parametrize(("args", "message"), [
