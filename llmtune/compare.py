@@ -47,6 +47,9 @@ from llmtune.compare_table import (
 from llmtune.errors import Interrupted, UserError, closest, did_you_mean
 
 PROMPTING = ("zero_shot", "few_shot")
+# zero_shot shows no demonstrations and decodes greedily: every seed would give the same row, so
+# it runs once (with the first seed).
+SEEDLESS = ("zero_shot",)
 DEFAULT_SEEDS = (1, 2, 3)
 # Full fine-tuning and the two cheapest kinds of PEFT (adapters, biases): conf/peft has many
 # more, each named in methods= when wanted.
@@ -147,6 +150,12 @@ def parse_command(argv: list[str]) -> tuple[Spec, list[Path] | None]:
 def _prompting_arg(arg: str, key: str) -> str:
     if key == "prompting":
         raise UserError(f"compare: {arg}: name the prompting baselines in methods=, e.g. methods=[none,lora,{arg.partition('=')[2] or 'zero_shot'}].")
+    if key == "prompting.model":
+        from llmtune.paths import group_options
+
+        name, known = arg.partition("=")[2], group_options("model")
+        if name not in known:
+            raise UserError(f"compare: {arg}: no such model option.{did_you_mean(name, known)} Options: {', '.join(known)} (conf/model/).")
     return arg
 
 
@@ -214,7 +223,8 @@ def plan(spec: Spec) -> tuple[Path, list[Planned]]:
     planned = []
     for method in spec.methods:
         if method in PROMPTING:
-            planned += [_plan_prompting(method, seed, spec, out) for seed in spec.seeds]
+            seeds = spec.seeds[:1] if method in SEEDLESS else spec.seeds
+            planned += [_plan_prompting(method, seed, spec, out) for seed in seeds]
         else:
             method_cfg = cfg if method == first else _preflight(method, spec.seeds[0], spec.overrides)
             planned += [_plan_training(method, seed, spec, out, method_cfg) for seed in spec.seeds]
@@ -374,10 +384,24 @@ def _prompting_module(method: str):
 
 def _plan_prompting(method: str, seed: int, spec: Spec, out: Path) -> Planned:
     path = out / method / f"seed-{seed}"
-    overrides = [*spec.overrides, *spec.prompting]
+    overrides = prompting_overrides(spec)
     record = (_read_json(path / "metrics.json") or {}).get("prompting") or {}
     done = record.get("overrides") == overrides and record.get("seed") == seed
     return Planned(method, seed, path, overrides, done=done)
+
+
+def prompting_overrides(spec: Spec) -> list[str]:
+    """What a prompting row gets: the compare's overrides and prompting.* keys, with
+    prompting.model=NAME (a causal LM to prompt beside an encoder that is tuned) in place of
+    the compare's model= and model.* overrides."""
+    def bare(arg: str) -> str:
+        return arg.partition("=")[0].lstrip("+~")
+
+    chosen = [a.partition("=")[2] for a in spec.prompting if bare(a) == "prompting.model"]
+    rest = [a for a in spec.prompting if bare(a) != "prompting.model"]
+    if not chosen:
+        return [*spec.overrides, *rest]
+    return [*(o for o in spec.overrides if bare(o).split(".")[0] != "model"), f"model={chosen[-1]}", *rest]
 
 
 def _prompting_runner(run: Planned) -> str | None:

@@ -66,6 +66,7 @@ class Row:
     train_s: float | None
     tokens_per_s: float | None
     errors: list[str] = field(default_factory=list)
+    model: str = ""             # the model its runs used (prompting rows may prompt another one)
 
     @property
     def pct(self) -> float | None:
@@ -93,6 +94,7 @@ class Table:
     seeds: list
     has_test: bool = False
     setting: str = ""           # model and step budget, when the runs share them
+    show_model: bool = False    # rows used different models (prompting.model=): a model column
     note: str = ""              # how the numbers were taken, when it matters (isolate=false)
 
 
@@ -130,12 +132,13 @@ def build_table(results: list[RunResult], order: list[str] | None = None) -> Tab
     methods = list(dict.fromkeys([*(order or []), *(r.method for r in results)]))
     rows = [_row(method, [r for r in results if r.method == method], metric, split) for method in methods]
     kinds = sorted({k for m in finished if (k := memory_of(m)[1])})
+    shown = [r for r in rows if r.runs]
     return Table(
         task=str(first.get("task")), metric=metric, split=split, greater_is_better=bool(first.get("greater_is_better", True)),
-        rows=[r for r in rows if r.runs], memory=" / ".join(kinds) or "not recorded",
+        rows=shown, memory=" / ".join(kinds) or "not recorded",
         seeds=sorted({r.seed for r in results if isinstance(r.seed, int)}),
         has_test=split == "validation" and any(metric in (m.get("test") or {}) for m in finished),
-        setting=_setting(results),
+        setting=_setting(results), show_model=len({r.model for r in shown if r.model}) > 1,
     )
 
 
@@ -159,13 +162,13 @@ def _row(method: str, runs: list[RunResult], metric: str, split: str) -> Row:
         trainable=trainable, total=total, memory_mb=mean_std(memory_of(m)[0] for m in ok)[0],
         train_s=mean_std(values("train", "train_s"))[0], tokens_per_s=mean_std(values("train", "tokens_per_s"))[0],
         errors=[f"seed {r.seed}: {r.error}" for r in runs if not r.metrics and r.error],
+        model=" / ".join(sorted({m for r in runs if (m := run_model(r))})),
     )
 
 
 def _setting(results: list[RunResult]) -> str:
     """'model X, N steps' when every run shares them."""
-    configs = [r.config for r in results if r.config]
-    models = {_model_name(c) for c in configs if c.get("model")}
+    models = {m for r in results if (m := run_model(r))}
     steps = {((r.metrics or {}).get("train") or {}).get("steps") for r in results if r.metrics}
     parts = []
     if len(models) == 1:
@@ -175,9 +178,17 @@ def _setting(results: list[RunResult]) -> str:
     return ", ".join(parts)
 
 
-def _model_name(cfg: dict) -> str:
-    model = cfg.get("model") or {}
-    return str(model.get("name_or_path") or (model.get("config") or {}).get("model_type") or "?")
+def run_model(run: RunResult) -> str:
+    """The model a run used: its config's (a training run), else what its metrics name (a
+    prompting baseline writes the model it prompted); "" when neither says."""
+    model = (run.config or {}).get("model") or {}
+    name = model.get("name_or_path") or (model.get("config") or {}).get("model_type") or (run.metrics or {}).get("model") or ""
+    return _short(str(name))
+
+
+def _short(name: str) -> str:
+    """A model folder or file as the table shows it: its last part (the full path is in the run)."""
+    return Path(name).name if "/" in name or "\\" in name else name
 
 
 def varying_settings(results: list[RunResult]) -> list[str]:
@@ -192,7 +203,7 @@ def varying_settings(results: list[RunResult]) -> list[str]:
 
 # --------------------------------------------------------------------------- formats
 def header(table: Table) -> list[str]:
-    cols = ["method", "runs", "status", f"{table.metric} ({table.split})"]
+    cols = ["method", *(["model"] if table.show_model else []), "runs", "status", f"{table.metric} ({table.split})"]
     if table.has_test:
         cols.append(f"{table.metric} (test)")
     return [*cols, "trainable params", "trainable %", "peak memory MB", "train s", "tokens/s", "error"]
@@ -202,7 +213,7 @@ def display_rows(table: Table) -> list[list[str]]:
     """The cells of the printed and Markdown tables (CSV keeps full precision)."""
     rows = []
     for r in table.rows:
-        cells = [r.method, str(r.runs), r.status, _pm(r.metric)]
+        cells = [r.method, *([r.model or "-"] if table.show_model else []), str(r.runs), r.status, _pm(r.metric)]
         if table.has_test:
             cells.append(_pm(r.test))
         cells += [_int(r.trainable), _pct(r.pct), _num(r.memory_mb, "{:,.0f}"), _num(r.train_s, "{:,.1f}"), _num(r.tokens_per_s, "{:,.0f}"),
@@ -243,11 +254,11 @@ def to_csv(table: Table) -> str:
     m = table.metric
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["method", "runs", "ok", "status", f"{m}_mean", f"{m}_std", f"test_{m}_mean", f"test_{m}_std", "trainable_params",
+    writer.writerow(["method", "model", "runs", "ok", "status", f"{m}_mean", f"{m}_std", f"test_{m}_mean", f"test_{m}_std", "trainable_params",
                      "total_params", "trainable_pct", "peak_memory_mb", "memory_measure", "train_s", "tokens_per_s", "error"])
     for r in table.rows:
         writer.writerow(["" if v is None else v for v in (
-            r.method, r.runs, r.ok, r.status, *r.metric, *r.test, r.trainable, r.total, r.pct, r.memory_mb, table.memory,
+            r.method, r.model, r.runs, r.ok, r.status, *r.metric, *r.test, r.trainable, r.total, r.pct, r.memory_mb, table.memory,
             r.train_s, r.tokens_per_s, "; ".join(r.errors))])
     return out.getvalue()
 

@@ -28,6 +28,8 @@ arguments:
   methods=[A,B,...]       options of conf/peft (none, lora, bitfit, ...); zero_shot and few_shot
                           (prompting baselines, no training) where llmtune.prompting has them
                           (default: [none,lora,bitfit])
+  prompting.model=NAME    the causal LM the prompting baselines prompt (default: model= when
+                          given, else smollm2); other prompting.* keys go to them too
   seeds=[1,2,...]         one run per method and seed (default: [1,2,3])
   output_dir=DIR          the compare directory (default: runs/compare/<task>/<timestamp>)
   isolate=true|false      each run in a process of its own, so its peak memory is its own

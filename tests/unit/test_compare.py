@@ -259,6 +259,43 @@ def test_a_prompting_baseline_is_a_row_that_trains_nothing(tmp_path, monkeypatch
         cmp.parse_command(["methods=[bitfit]", "prompting.k=2"])
 
 
+def test_prompting_model_prompts_another_model_and_zero_shot_runs_once(tmp_path, monkeypatch):
+    """prompting.model=NAME replaces the compare's model overrides for the prompting rows only;
+    zero_shot (no demonstrations, greedy) runs with the first seed alone; the table then shows
+    which model each row used."""
+    import sys
+    import types
+
+    calls = []
+
+    def main(argv):
+        calls.append(argv)
+        output = Path(next(a for a in argv if a.startswith("output=")).partition("=")[2])
+        output.write_text(json.dumps({"task": "ner", "main_metric": "f1", "greater_is_better": True, "model": "/cache/models/SmolLM2-135M",
+                                      "kind": "prompting", "validation": {"f1": 0.1}}))
+
+    fake = types.SimpleNamespace(main=main, KEYS={"prompting": 0, "prompting.k": 0, "prompting.seed": 0, "split": 0, "output": 0}, HYDRA_KEYS=("model", "task", "data", "seed"))
+    monkeypatch.setitem(sys.modules, "llmtune.prompting", fake)
+    spec, _ = cmp.parse_command(["methods=[bitfit,zero_shot,few_shot]", "seeds=[4,5]", "task=ner", "model=tiny_bert", "model.config.hidden_size=32",
+                                 "prompting.model=tiny_llama", f"output_dir={tmp_path / 'cmp'}"])
+    _, table = cmp.compare(spec, runner=FakeRunner(), say=lambda line: None)
+    assert [(a[0], a[3]) for a in calls] == [("prompting=zero_shot", "prompting.seed=4"), ("prompting=few_shot", "prompting.seed=4"), ("prompting=few_shot", "prompting.seed=5")]
+    assert all(a[1:3] == ["task=ner", "model=tiny_llama"] for a in calls)  # model.config.* of the tuned model is not passed on
+    rows = {r.method: r for r in table.rows}
+    assert (rows["zero_shot"].runs, rows["few_shot"].runs, rows["bitfit"].runs) == (1, 2, 2)
+    assert table.show_model and (rows["bitfit"].model, rows["zero_shot"].model) == ("bert", "SmolLM2-135M")
+    assert ct.header(table)[:2] == ["method", "model"] and ct.display_rows(table)[0][:2] == ["bitfit", "bert"]
+    assert next(csv.reader(io.StringIO(ct.to_csv(table))))[:2] == ["method", "model"]
+    with pytest.raises(UserError, match="prompting.model=tiny_lama: no such model option. Did you mean 'tiny_llama'"):
+        cmp.parse_command(["methods=[none,zero_shot]", "prompting.model=tiny_lama"])
+
+
+def test_one_model_is_named_in_the_caption_not_in_a_column():
+    results = [ct.RunResult(m, 1, Path(f"/r/{m}"), _metrics(0.5), {"seed": 1, "model": {"name_or_path": "/models/minilm"}}) for m in ("none", "lora")]
+    table = ct.build_table(results)
+    assert not table.show_model and "model" not in ct.header(table) and "model minilm" in ct.caption(table)
+
+
 def test_runs_are_found_below_a_directory_and_named_by_method(tmp_path):
     for method in ("none", "lora"):
         run = tmp_path / "cmp" / method / "seed-1"

@@ -2,9 +2,12 @@
 
 - "ner-domains" (domain-incremental): NER over the same entity types (PER, LOC, ORG) in three
   differently worded domains, news, medical and sports. Each domain has its own sentence
-  templates and its own third of every name list (people, places, organisation stems, with
-  domain-specific suffixes), so the vocabularies are disjoint: what a later domain teaches does
-  not rehearse an earlier one.
+  templates and its own third of the people and organisation names, so what a later domain
+  teaches does not rehearse an earlier one. Sports, last, names its teams after their cities
+  (metonymy, as sports copy does: "LISBON BEAT PORTO" is ORG ORG), drawing both its teams and
+  its venues from the news domain's places: the same names that news tags LOC, often in the
+  same sentence positions. Only the context tells the two apart, so training on sports alone
+  pulls the news domain's places towards ORG: the forgetting that continual methods exist for.
 - "topics" (class-incremental): topic classification where each stage brings new classes,
   business and science first, then sports and world (the texts of the "classification" data).
 
@@ -34,7 +37,6 @@ SEQUENCES: dict[str, dict] = {
 ORG_SUFFIXES = {
     "news": ("Party", "Ministry", "Council", "Agency", "Commission"),
     "medical": ("Hospital", "Clinic", "Pharmaceuticals", "Medical Centre", "Health Trust"),
-    "sports": ("FC", "United", "Rovers", "Athletic", "Wanderers"),
 }
 # Tokens are space-separated; {PER} {LOC} {ORG} are entities, {NUM} {DAY} plain words.
 DOMAIN_TEMPLATES = {
@@ -47,6 +49,8 @@ DOMAIN_TEMPLATES = {
         "The minister , {PER} , defended the budget in a speech in {LOC} .",
         "According to the {ORG} , {NUM} people were moved from {LOC} after the floods .",
         "{PER} and {PER} signed the agreement in {LOC} .",
+        "{LOC} and {LOC} agreed to reopen the border on {DAY} .",
+        "{LOC} imposed new tariffs on steel from {LOC} .",
     ),
     "medical": (
         "dr {PER} admitted the patient to {ORG} in {LOC} with a fever .",
@@ -61,12 +65,12 @@ DOMAIN_TEMPLATES = {
     "sports": (
         "{PER} SCORED TWICE AS {ORG} BEAT {ORG} IN {LOC} .",
         "{ORG} SIGNED {PER} ON A {NUM} YEAR DEAL .",
-        "{PER} WON THE SPRINT FINAL IN {LOC} ON {DAY} .",
+        "{ORG} AND {ORG} DREW {NUM} - {NUM} ON {DAY} .",
         "FANS IN {LOC} CHEERED AS {ORG} LIFTED THE CUP .",
         "{PER} WAS SENT OFF IN THE {NUM} MINUTE AGAINST {ORG} .",
         "{ORG} WILL PLAY THEIR HOME GAMES IN {LOC} NEXT SEASON .",
-        "THE COACH OF {ORG} PRAISED {PER} AFTER THE WIN .",
-        "{PER} FINISHED THIRD BEHIND {PER} IN {LOC} .",
+        "{ORG} BEAT {ORG} ON {DAY} .",
+        "{PER} JOINED {ORG} FROM {ORG} .",
     ),
 }
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
@@ -87,8 +91,9 @@ def _entity(rng: random.Random, slot: str, domain: str, held_out: bool) -> str:
     k = DOMAINS.index(domain)
     pools = {
         "PER": (_third(FIRST_NAMES, k), _third(LAST_NAMES, k)),
-        "LOC": (_third(PLACES, k),),
-        "ORG": (_third(ORG_STEMS, k), ORG_SUFFIXES[domain]),
+        "LOC": (_third(PLACES, 0 if domain == "sports" else k),),
+        # Sports teams are the news domain's places (see the module docstring).
+        "ORG": (_third(PLACES, 0),) if domain == "sports" else (_third(ORG_STEMS, k), ORG_SUFFIXES[domain]),
     }[slot]
     # Every fifth name of a pool is kept for evaluation (held_out): scores measure context.
     picks = [rng.choice([n for i, n in enumerate(pool) if (i % 5 == 4) == held_out] or list(pool)) for pool in pools]
