@@ -50,6 +50,7 @@ PROMPTING = ("zero_shot", "few_shot")
 # zero_shot shows no demonstrations and decodes greedily: every seed would give the same row, so
 # it runs once (with the first seed).
 SEEDLESS = ("zero_shot",)
+UNPREFIXED = ("max_new_tokens", "batch_size")  # prompting.<key> on compare's line -> <key>
 DEFAULT_SEEDS = (1, 2, 3)
 # Full fine-tuning and the two cheapest kinds of PEFT (adapters, biases): conf/peft has many
 # more, each named in methods= when wanted.
@@ -351,7 +352,7 @@ def run_prompting(method: str, overrides: list[str], seed: int, run_dir: Path) -
     prompting=zero_shot|few_shot ...`): of the compare's overrides it gets those it takes (model,
     task, data, prompting.*: prompting.k sets few_shot's demonstrations), and `seed` draws them."""
     prompting = _prompting_module(method)
-    taken = [o for o in overrides if _prompting_takes(prompting, o.partition("=")[0].lstrip("+~"))]
+    taken = [o for o in map(_unprefixed, overrides) if _prompting_takes(prompting, o.partition("=")[0].lstrip("+~"))]
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / "prompting.json"
     prompting.main([f"prompting={method}", *taken, f"prompting.seed={seed}", "split=validation", f"output={output}"])
@@ -359,6 +360,15 @@ def run_prompting(method: str, overrides: list[str], seed: int, run_dir: Path) -
     if metrics is None or not isinstance(metrics.get("validation"), dict):
         raise UserError(f"compare: method {method}: llmtune.prompting wrote no validation metrics to {output}; run `llmtune evaluate prompting={method} ...` to see why.")
     return metrics
+
+
+def _unprefixed(arg: str) -> str:
+    """prompting.max_new_tokens=N and prompting.batch_size=N of a compare are the prompting
+    command's own max_new_tokens= and batch_size= (on the compare's line, bare they would read
+    as finetune keys)."""
+    key, _, value = arg.partition("=")
+    bare = key.removeprefix("prompting.")
+    return f"{bare}={value}" if bare in UNPREFIXED else arg
 
 
 def _prompting_takes(prompting, key: str) -> bool:

@@ -14,12 +14,18 @@ training additions from one run to the next without the engine naming what it do
 
 A resumed run calls them too, before its checkpoint is loaded: what they set must not depend
 on the step a run resumes at.
+
+`keeps_processes`: a run started by torchrun/accelerate launch ends the process group when it
+finishes (else torchrun reports an abort at exit). A caller that runs more runs in the same
+processes sets it, and ends the group itself (job.end_processes) after the last.
 """
 
 from __future__ import annotations
 
 
 class RunExtension:
+    keeps_processes = False
+
     def on_data(self, task, raw) -> None:
         """After `task.setup(raw)`."""
 

@@ -63,7 +63,10 @@ def run_job(cfg: DictConfig, extension=None) -> float | None:
         extra = {"params": {"trainable": trainable, "total": total}, "memory": memory.result}
         _finish(trainer, method, result, cfg, run_dir, extra)
     finally:
-        _shutdown(accelerator)
+        for tracker in accelerator.trackers:  # Accelerator.end_training's first half; its second,
+            tracker.finish()                  # the process group's end, waits for the last run
+        if extension is None or not extension.keeps_processes:
+            end_processes()
         run.release()
     validation = result.metrics.get("validation") or {}
     return validation.get(trainer.task.main_metric)
@@ -158,8 +161,8 @@ def _throughput(result) -> dict:
     return {"train_s": round(result.train_s, 2), "tokens": result.tokens, "tokens_per_s": None if per_s is None else round(per_s, 1)}
 
 
-def _shutdown(accelerator) -> None:
-    accelerator.end_training()
+def end_processes() -> None:
+    """Ends the process group of a multi-process launch, once its last run is done."""
     import torch.distributed as dist
 
     # Without this, torchrun reports SIGABRT at exit although the work finished.

@@ -30,6 +30,7 @@ arguments:
                           (default: [none,lora,bitfit])
   prompting.model=NAME    the causal LM the prompting baselines prompt (default: model= when
                           given, else smollm2); other prompting.* keys go to them too
+                          (prompting.max_new_tokens, prompting.batch_size: the generation's)
   seeds=[1,2,...]         one run per method and seed (default: [1,2,3])
   output_dir=DIR          the compare directory (default: runs/compare/<task>/<timestamp>)
   isolate=true|false      each run in a process of its own, so its peak memory is its own

@@ -37,7 +37,7 @@ def main(args: list[str]) -> None:
 def run_config(config_dir: str, config_name: str, args: list[str]) -> None:
     """Run the sequence of a primary config (conf/continual.yaml or a continual recipe)."""
     from llmtune import config
-    from llmtune.continual.runner import prepare, run_sequence
+    from llmtune.continual.runner import is_main_process, prepare, run_sequence
     from llmtune.errors import UserError
     from llmtune.ui.console import setup_logging
 
@@ -45,7 +45,7 @@ def run_config(config_dir: str, config_name: str, args: list[str]) -> None:
         raise UserError("llmtune continual runs one sequence; to compare methods run one sequence per method, then `llmtune continual compare DIR...`.")
     config.register_resolvers()
     config.preflight(config_dir, config_name, args, check_dir=False)
-    setup_logging(True)
+    setup_logging(is_main_process())
     run_sequence(prepare(config_dir, config_name, args))
 
 

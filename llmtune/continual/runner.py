@@ -39,6 +39,8 @@ STATE_DIR = "continual-state"
 class StageExtension(RunExtension):
     """What one stage's run takes from the stages before it (llmtune.extension)."""
 
+    keeps_processes = True  # under torchrun the next stage (and the scoring) use the same group
+
     def __init__(self, method: Method, ctx: StageContext) -> None:
         self.method, self.ctx = method, ctx
 
@@ -90,8 +92,6 @@ def prepare(config_dir: str, config_name: str, args: list[str]) -> Sequence:
     from llmtune.config import _compose, validate
 
     cfg = _compose(config_dir, config_name, args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("llmtune continual runs in one process (its stages and their evaluation); start it without torchrun/accelerate launch.")
     heads = str(cfg.get("heads") or "shared")
     if heads not in HEADS:
         raise UserError(f"heads={heads}: expected one of {', '.join(HEADS)} (shared: one head, labels accumulate; per_task: a head per stage).")
@@ -116,22 +116,35 @@ def stage_config(seq: Sequence, stage: Stage):
     return cfg
 
 
+def is_main_process() -> bool:
+    """The process that writes the sequence's files. Under torchrun/accelerate launch every
+    process runs the whole sequence (each stage's training and scoring are distributed, and
+    their results are the same on every process); before the first stage no process group
+    exists yet, so the launcher's RANK decides."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_sequence(seq: Sequence) -> dict:
     """Train and score every stage not done yet; write and return the report."""
-    state = _claim(seq)
+    from llmtune.job import end_processes
+
+    state = _claim(seq) if is_main_process() else _follow(seq)
     cfgs = [stage_config(seq, s) for s in seq.stages]
-    for stage in seq.stages:
-        key = str(stage.index)
-        if key in state["rows"]:
-            log.info("stage %d (%s): done in an earlier attempt; skipped", stage.index, stage.name)
-            continue
-        if not _trained(seq.final(stage.index).parent):
-            _train(seq, stage, cfgs)
-        state["rows"][key] = score_row(seq, stage.index, cfgs)
+    try:
+        for stage in seq.stages:
+            key = str(stage.index)
+            if key in state["rows"]:
+                log.info("stage %d (%s): done in an earlier attempt; skipped", stage.index, stage.name)
+                continue
+            if not _trained(seq.final(stage.index).parent):
+                _train(seq, stage, cfgs)
+            state["rows"][key] = score_row(seq, stage.index, cfgs)
+            _save(seq.out, state)
+        state["baselines"] = {**state.get("baselines", {}), **_baselines(seq, cfgs, state)}
         _save(seq.out, state)
-    state["baselines"] = {**state.get("baselines", {}), **_baselines(seq, cfgs, state)}
-    _save(seq.out, state)
-    return report.write(seq.out, state)
+        return report.write(seq.out, state) if is_main_process() else report.build(state)
+    finally:
+        end_processes()
 
 
 def _trained(stage_dir: Path) -> bool:
@@ -162,7 +175,18 @@ def _claim(seq: Sequence) -> dict:
     return state
 
 
+def _follow(seq: Sequence) -> dict:
+    """The state on a process other than the main one: the main process checks and writes it;
+    this one reads what an earlier attempt left (resume), else starts the same empty state."""
+    path = seq.out / STATE
+    if seq.cfg.trainer.resume == "auto" and path.is_file():
+        return json.loads(path.read_text())
+    return {**seq.record(), "seed": seq.cfg.seed, "rows": {}, "baselines": {}}
+
+
 def _save(out: Path, state: dict) -> None:
+    if not is_main_process():
+        return
     out.mkdir(parents=True, exist_ok=True)
     partial = out / f".{STATE}.tmp"
     partial.write_text(json.dumps(state, indent=1))

@@ -117,6 +117,32 @@ def test_penalty_is_exact_across_processes(tmp_path):
     assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ewc", "replay"])
+def test_a_sequence_runs_in_two_processes(tmp_path, method):
+    """torchrun with 2 processes of 2 examples each vs 1 process of 4. ewc (a penalty and a
+    Fisher estimated by every process): every stage trains the same weights and the report is
+    the same. replay draws its rows per process (each its own stream), so it trains other
+    examples: its report is complete. Either way one process writes the sequence's files."""
+    extra = ["continual.buffer_size=8"] if method == "replay" else ["continual.fisher_samples=8"]
+    args = ["continual", "sequence=topics", *TINY, "trainer.max_steps=3", "trainer.cpu=true", f"continual={method}", *extra]
+    args = [a for a in args if not a.startswith("trainer.batch_size")]
+    one = run_cli(*args, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
+    assert one.code == 0, one.err[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmtune"]
+    two = subprocess.run([*torchrun, *args, "trainer.batch_size=2", f"output_dir={tmp_path / 'two'}"], env=subprocess_env(tmp_path / "cache"),
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("report: ") == 1  # the main process alone prints and writes the report
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert b["matrix"][0][0] is not None and all(v is not None for v in b["matrix"][1])
+    if method == "ewc":
+        assert a["matrix"] == b["matrix"] and a["forgetting"] == b["forgetting"]
+        for stage in ("stage-1-business-science", "stage-2-sports-world"):
+            wa, wb = (load_file(tmp_path / d / stage / "final" / "model.safetensors") for d in ("one", "two"))
+            assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa), stage
+
+
 def test_the_continual_recipes_are_listed_as_continual_commands():
     from llmtune.recipes import command_of, describe
 

@@ -274,13 +274,14 @@ def test_prompting_model_prompts_another_model_and_zero_shot_runs_once(tmp_path,
         output.write_text(json.dumps({"task": "ner", "main_metric": "f1", "greater_is_better": True, "model": "/cache/models/SmolLM2-135M",
                                       "kind": "prompting", "validation": {"f1": 0.1}}))
 
-    fake = types.SimpleNamespace(main=main, KEYS={"prompting": 0, "prompting.k": 0, "prompting.seed": 0, "split": 0, "output": 0}, HYDRA_KEYS=("model", "task", "data", "seed"))
+    fake = types.SimpleNamespace(main=main, KEYS={"prompting": 0, "prompting.k": 0, "prompting.seed": 0, "split": 0, "output": 0, "max_new_tokens": 0},
+                                 HYDRA_KEYS=("model", "task", "data", "seed"))
     monkeypatch.setitem(sys.modules, "llmtune.prompting", fake)
     spec, _ = cmp.parse_command(["methods=[bitfit,zero_shot,few_shot]", "seeds=[4,5]", "task=ner", "model=tiny_bert", "model.config.hidden_size=32",
-                                 "prompting.model=tiny_llama", f"output_dir={tmp_path / 'cmp'}"])
+                                 "prompting.model=tiny_llama", "prompting.max_new_tokens=16", f"output_dir={tmp_path / 'cmp'}"])
     _, table = cmp.compare(spec, runner=FakeRunner(), say=lambda line: None)
-    assert [(a[0], a[3]) for a in calls] == [("prompting=zero_shot", "prompting.seed=4"), ("prompting=few_shot", "prompting.seed=4"), ("prompting=few_shot", "prompting.seed=5")]
-    assert all(a[1:3] == ["task=ner", "model=tiny_llama"] for a in calls)  # model.config.* of the tuned model is not passed on
+    assert [(a[0], a[4]) for a in calls] == [("prompting=zero_shot", "prompting.seed=4"), ("prompting=few_shot", "prompting.seed=4"), ("prompting=few_shot", "prompting.seed=5")]
+    assert all(a[1:4] == ["task=ner", "model=tiny_llama", "max_new_tokens=16"] for a in calls)  # model.config.* of the tuned model is not passed on
     rows = {r.method: r for r in table.rows}
     assert (rows["zero_shot"].runs, rows["few_shot"].runs, rows["bitfit"].runs) == (1, 2, 2)
     assert table.show_model and (rows["bitfit"].model, rows["zero_shot"].model) == ("bert", "SmolLM2-135M")
