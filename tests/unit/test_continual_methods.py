@@ -15,7 +15,7 @@ from llmtune.continual import report
 from llmtune.continual.methods import replay
 from llmtune.continual.methods.adapters import Adapters
 from llmtune.continual.methods.base import build_method
-from llmtune.continual.methods.ewc import accumulate, fisher_diagonal
+from llmtune.continual.methods.ewc import accumulate, fisher_diagonal, normalized
 from llmtune.continual.methods.lwf import distillation_sum
 from llmtune.continual.methods.naive import Naive
 from llmtune.continual.methods.penalty import penalty_term, quadratic_penalty
@@ -79,6 +79,13 @@ def test_online_ewc_decays_older_fisher_and_grows_with_the_head():
     out = accumulate(old, new, gamma=0.5)
     assert out["h"].tolist() == [[2.5, 0.5], [5.0, 5.0]]
     assert new["h"].tolist() == [[2.0, 0.0], [5.0, 5.0]]  # inputs unchanged
+
+
+def test_normalized_fisher_has_mean_one_over_all_weights():
+    fisher = {"a": torch.tensor([1e-8, 3e-8]), "b": torch.tensor([[0.0, 4e-8]])}
+    out = normalized(fisher)
+    assert torch.allclose(torch.cat([out["a"], out["b"].flatten()]), torch.tensor([0.5, 1.5, 0.0, 2.0]))
+    assert normalized({"a": torch.zeros(3)})["a"].tolist() == [0.0, 0.0, 0.0]  # nothing to scale
 
 
 def test_lwf_kl_with_temperature_by_hand_on_the_old_classes_only():

@@ -7,6 +7,13 @@ previous stage (drawn with the seed) of the squared gradient of each example's l
 labelled position, the unit the training loss uses), computed with the previous stage's own
 model, task and head, dropout off. Each stage's accumulated F is kept in
 <out>/continual-state/ so later stages (and a resumed sequence) read it back.
+
+normalize (default true) divides each stage's Fisher by its mean over all parameters before it
+is added. The raw Fisher of a model that fits its data well is tiny (measured: a mean of 1.8e-8
+per weight for MiniLM-L6 after a topic stage at accuracy 1.0), so a raw lambda that matters is
+somewhere near 1e7 and moves with the model's size and confidence; normalised, lambda = 1 makes
+the penalty at naive fine-tuning's end point several times the task loss, and every stage of
+an online sum weighs the same.
 """
 
 from __future__ import annotations
@@ -50,6 +57,15 @@ def fisher_diagonal(model, task, features: list[dict], collate, seed: int = 0) -
     return {n: f / max(used, 1) for n, f in fisher.items()}
 
 
+def normalized(fisher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The Fisher divided by its mean over every entry (all zero: unchanged)."""
+    total = sum(float(f.sum()) for f in fisher.values())
+    count = sum(f.numel() for f in fisher.values())
+    if total <= 0 or count == 0:
+        return fisher
+    return {n: f * (count / total) for n, f in fisher.items()}
+
+
 def accumulate(previous: dict[str, torch.Tensor], current: dict[str, torch.Tensor], gamma: float) -> dict[str, torch.Tensor]:
     """Online EWC: gamma * previous + current (a grown head: previous covers its old rows)."""
     out = {n: f.clone() for n, f in current.items()}
@@ -62,8 +78,9 @@ def accumulate(previous: dict[str, torch.Tensor], current: dict[str, torch.Tenso
 class EWC(Method):
     method = "ewc"
 
-    def __init__(self, lam: float = 1000.0, gamma: float = 1.0, fisher_samples: int = 200) -> None:
+    def __init__(self, lam: float = 1.0, gamma: float = 1.0, fisher_samples: int = 200, normalize: bool = True) -> None:
         self.lam = require_positive("lambda", lam)
+        self.normalize = bool(normalize)
         self.gamma = require_positive("gamma", gamma)
         self.fisher_samples = int(require_positive("fisher_samples", fisher_samples, allow_zero=False))
 
@@ -96,6 +113,8 @@ class EWC(Method):
         for p in model.parameters():
             p.requires_grad_(True)
         current = fisher_diagonal(model, previous.task, as_features(data), previous.task.collator(previous.tokenizer, train=True), ctx.seed)
+        if self.normalize:
+            current = normalized(current)
         earlier = ctx.state_dir / f"ewc-fisher-after-stage-{done - 1}.safetensors"
         fisher = accumulate(load_file(earlier), current, self.gamma) if earlier.is_file() else current
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
