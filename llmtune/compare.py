@@ -352,7 +352,7 @@ def run_prompting(method: str, overrides: list[str], seed: int, run_dir: Path) -
     prompting=zero_shot|few_shot ...`): of the compare's overrides it gets those it takes (model,
     task, data, prompting.*: prompting.k sets few_shot's demonstrations), and `seed` draws them."""
     prompting = _prompting_module(method)
-    taken = [o for o in map(_unprefixed, overrides) if _prompting_takes(prompting, o.partition("=")[0].lstrip("+~"))]
+    taken = prompting_args(prompting, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / "prompting.json"
     prompting.main([f"prompting={method}", *taken, f"prompting.seed={seed}", "split=validation", f"output={output}"])
@@ -360,6 +360,12 @@ def run_prompting(method: str, overrides: list[str], seed: int, run_dir: Path) -
     if metrics is None or not isinstance(metrics.get("validation"), dict):
         raise UserError(f"compare: method {method}: llmtune.prompting wrote no validation metrics to {output}; run `llmtune evaluate prompting={method} ...` to see why.")
     return metrics
+
+
+def prompting_args(prompting, overrides: list[str]) -> list[str]:
+    """Of a compare's overrides, those the prompting command takes (model, task, data,
+    prompting.*), as it takes them: what a baseline's row depends on."""
+    return [o for o in map(_unprefixed, overrides) if _prompting_takes(prompting, o.partition("=")[0].lstrip("+~"))]
 
 
 def _unprefixed(arg: str) -> str:
@@ -396,7 +402,10 @@ def _plan_prompting(method: str, seed: int, spec: Spec, out: Path) -> Planned:
     path = out / method / f"seed-{seed}"
     overrides = prompting_overrides(spec)
     record = (_read_json(path / "metrics.json") or {}).get("prompting") or {}
-    done = record.get("overrides") == overrides and record.get("seed") == seed
+    # Kept when what the baseline takes is the same: trainer.* and the like do not change it.
+    module = _prompting_module(method)
+    same = isinstance(record.get("overrides"), list) and prompting_args(module, record["overrides"]) == prompting_args(module, overrides)
+    done = same and record.get("seed") == seed
     return Planned(method, seed, path, overrides, done=done)
 
 

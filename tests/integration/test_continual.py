@@ -174,15 +174,18 @@ def test_each_continual_recipe_runs_with_a_tiny_model(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_replay_and_ewc_forget_less_than_naive_on_the_ner_domains(tmp_path):
-    """MiniLM-L6, fixed seed, the built-in domain-incremental NER sequence."""
+def test_replay_and_ewc_forget_less_than_naive_on_the_topics(tmp_path):
+    """MiniLM-L6, the built-in class-incremental topic sequence at the recipes' settings (seed
+    42, 60 steps per stage). Measured: naive forgets 0.795 of stage 1's accuracy, ewc 0.025,
+    replay 0.0; the margin asked for is far inside that."""
     forgetting = {}
     for method in ("naive", "replay", "ewc"):
         out = tmp_path / method
-        result = run_cli("continual", f"continual={method}", "sequence=ner-domains", "callbacks=quiet", "trainer.max_steps=60", f"output_dir={out}")
+        result = run_cli("run", f"continual-classification-{method}", "callbacks=quiet", f"output_dir={out}")
         assert result.code == 0, result.err[-3000:]
         forgetting[method] = json.loads((out / "report.json").read_text())["forgetting"]
-    assert forgetting["replay"] < forgetting["naive"] and forgetting["ewc"] < forgetting["naive"], forgetting
+    assert forgetting["naive"] > 0.3, forgetting  # the sequence makes naive fine-tuning forget
+    assert forgetting["replay"] < forgetting["naive"] - 0.2 and forgetting["ewc"] < forgetting["naive"] - 0.2, forgetting
 
 
 def test_bad_stage_lists_are_one_line(tmp_path):

@@ -252,9 +252,14 @@ def test_a_prompting_baseline_is_a_row_that_trains_nothing(tmp_path, monkeypatch
                       f"output={tmp_path / 'cmp' / 'few_shot' / 'seed-1' / 'prompting.json'}"]]
     row = table.rows[1]
     assert (row.method, row.metric, row.trainable, row.pct) == ("few_shot", (0.25, None), 0, 0.0)
-    # Run again: the baseline is finished with the same settings, so it is kept.
+    # Run again: the baseline is finished with the same settings, so it is kept; a training
+    # budget it does not take changes nothing for it, a data key it takes runs it again.
     cmp.compare(spec, runner=FakeRunner(), say=lambda line: None)
     assert len(calls) == 1
+    longer = cmp.Spec(**{**spec.__dict__, "overrides": ["task=ner", "model=tiny_bert", "trainer.max_steps=3"], "methods": ["none", "few_shot"]})
+    assert [p.done for p in cmp.plan(longer)[1] if p.method == "few_shot"] == [True]
+    other_data = cmp.Spec(**{**longer.__dict__, "overrides": [*longer.overrides, "data.max_eval_samples=4"]})
+    assert [p.done for p in cmp.plan(other_data)[1] if p.method == "few_shot"] == [False]
     with pytest.raises(UserError, match="prompting.k=2 is for the prompting baselines"):
         cmp.parse_command(["methods=[bitfit]", "prompting.k=2"])
 
