@@ -172,3 +172,19 @@ def test_report_numbers_by_hand():
     assert s["forgetting"] == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
     unscored = report.summary(names, [[0.9, None, None], [0.6, 0.8, None], [0.5, 0.7, 0.9]], {})
     assert unscored["fwt"] is None and not math.isnan(unscored["bwt"])
+
+
+def test_ewc_without_the_head_anchors_the_backbone_only():
+    """continual.anchor_head=false: the penalty leaves the task head free (anchors_from with
+    skip_heads), every backbone weight stays anchored."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    from llmtune.continual.methods.ewc import EWC
+    from llmtune.continual.methods.penalty import anchors_from
+
+    model = BertForTokenClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, num_labels=3))
+    params = dict(model.named_parameters())
+    backbone = {n for n in params if not n.startswith("classifier.")}
+    assert set(anchors_from(model, params, skip_heads=True)) == backbone
+    assert set(anchors_from(model, params, skip_heads=False)) == set(params)
+    assert EWC(anchor_head=False).anchor_head is False and EWC().anchor_head is True

@@ -78,9 +78,9 @@ def accumulate(previous: dict[str, torch.Tensor], current: dict[str, torch.Tenso
 class EWC(Method):
     method = "ewc"
 
-    def __init__(self, lam: float = 1.0, gamma: float = 1.0, fisher_samples: int = 200, normalize: bool = True) -> None:
+    def __init__(self, lam: float = 1.0, gamma: float = 1.0, fisher_samples: int = 200, normalize: bool = True, anchor_head: bool = True) -> None:
         self.lam = require_positive("lambda", lam)
-        self.normalize = bool(normalize)
+        self.normalize, self.anchor_head = bool(normalize), bool(anchor_head)
         self.gamma = require_positive("gamma", gamma)
         self.fisher_samples = int(require_positive("fisher_samples", fisher_samples, allow_zero=False))
 
@@ -90,7 +90,7 @@ class EWC(Method):
         previous = previous_model(ctx)
         fisher = self._online_fisher(previous, ctx)
         params = trainable_parameters(trainer.model)
-        anchors = anchors_from(previous.model, params, skip_heads=ctx.heads == "per_task")
+        anchors = anchors_from(previous.model, params, skip_heads=ctx.heads == "per_task" or not self.anchor_head)
         anchors = {n: a for n, a in anchors.items() if n in fisher}
         weights = {n: anchored(fisher[n], a) if fisher[n].shape != a.shape else fisher[n] for n, a in anchors.items()}
         trainer.task.loss_terms = (*trainer.task.loss_terms, penalty_term(params, anchors, weights, self.lam))
