@@ -159,7 +159,7 @@ def test_text_ignores_seed(text: dict[str, list[dict]]) -> None:
     assert builtin_splits("text", seed=7) == text
 
 
-def _entities(rows: list[dict]) -> Counter:
+def _entity_counts(rows: list[dict]) -> Counter:
     """(lower-cased entity text, type) counts of IOB2 rows."""
     found: Counter = Counter()
     for row in rows:
@@ -181,7 +181,7 @@ def test_ner_domains_conflict_only_where_sports_names_teams_after_cities() -> No
     names stay each domain's own, so nothing else is rehearsed or contradicted."""
     from llmtune.data.builtin.sequences import sequence_splits
 
-    news, medical, sports = (_entities(sequence_splits(f"ner_{d}")["train"]) for d in ("news", "medical", "sports"))
+    news, medical, sports = (_entity_counts(sequence_splits(f"ner_{d}")["train"]) for d in ("news", "medical", "sports"))
     news_places = {text for text, kind in news if kind == "LOC"}
     team_names = {text for text, kind in sports if kind == "ORG"}
     assert len(team_names) >= 10 and team_names <= news_places  # every team is a news place
