@@ -148,7 +148,7 @@ def test_the_continual_recipes_are_listed_as_continual_commands():
 
     names = [n for n in recipe_names() if n.startswith("continual-")]
     assert {f"continual-{s}-{m}" for s in ("ner", "classification") for m in ("naive", "replay", "ewc", "l2sp", "lwf", "adapters")} <= set(names)
-    assert describe("continual-ner-ewc")[1] == "llmtune continual continual=ewc sequence=ner-domains"
+    assert describe("continual-ner-ewc")[1] == "llmtune continual continual=ewc sequence=ner-domains optimizer.lr=2e-4"
     assert command_of("continual-classification-replay") == "continual" and command_of("ner-lora") == "finetune"
     assert run_cli("recipes").code == 0
 
@@ -173,19 +173,28 @@ def test_each_continual_recipe_runs_with_a_tiny_model(tmp_path, name):
     assert json.loads((out / "report.json").read_text())["forgetting"] is not None
 
 
+# (sequence of the recipes, naive must forget at least, replay and ewc must forget this much less)
+ORDERING = {
+    # Measured (seed 42, 60 steps a stage): naive 0.795, ewc 0.025, replay 0.0.
+    "classification": (0.3, 0.2),
+    # Measured (seed 42, 60 steps a stage, lr 2e-4): naive 0.141, ewc 0.080, replay 0.018.
+    "ner": (0.1, 0.03),
+}
+
+
 @pytest.mark.slow
-def test_replay_and_ewc_forget_less_than_naive_on_the_topics(tmp_path):
-    """MiniLM-L6, the built-in class-incremental topic sequence at the recipes' settings (seed
-    42, 60 steps per stage). Measured: naive forgets 0.795 of stage 1's accuracy, ewc 0.025,
-    replay 0.0; the margin asked for is far inside that."""
+@pytest.mark.parametrize("sequence", sorted(ORDERING))
+def test_replay_and_ewc_forget_less_than_naive(tmp_path, sequence):
+    """MiniLM-L6 on a built-in sequence (topics, or the NER domains) at the recipes' settings."""
+    naive_at_least, margin = ORDERING[sequence]
     forgetting = {}
     for method in ("naive", "replay", "ewc"):
         out = tmp_path / method
-        result = run_cli("run", f"continual-classification-{method}", "callbacks=quiet", f"output_dir={out}")
+        result = run_cli("run", f"continual-{sequence}-{method}", "callbacks=quiet", f"output_dir={out}")
         assert result.code == 0, result.err[-3000:]
         forgetting[method] = json.loads((out / "report.json").read_text())["forgetting"]
-    assert forgetting["naive"] > 0.3, forgetting  # the sequence makes naive fine-tuning forget
-    assert forgetting["replay"] < forgetting["naive"] - 0.2 and forgetting["ewc"] < forgetting["naive"] - 0.2, forgetting
+    assert forgetting["naive"] > naive_at_least, forgetting  # the sequence makes naive fine-tuning forget
+    assert forgetting["replay"] < forgetting["naive"] - margin and forgetting["ewc"] < forgetting["naive"] - margin, forgetting
 
 
 def test_bad_stage_lists_are_one_line(tmp_path):
