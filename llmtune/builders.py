@@ -169,7 +169,8 @@ def build_data(cfg, accelerator, extension=None) -> DataParts:
     chats) and the model's config is checked against it before a tokenizer is trained or
     loaded and before any weights load. `extension`: llmtune.extension.RunExtension."""
     from llmtune.data.load import load_raw, tokenize
-    from llmtune.models import check_model, load_tokenizer
+    from llmtune.models import check_model
+    from llmtune.tokenization import load_tokenizer
 
     task = build_task(cfg)
     raw, fingerprint = load_raw(cfg.data, task, cfg.seed)

@@ -342,7 +342,8 @@ def _validate_model(m: DictConfig) -> None:
     # A local path (not a hub id such as org/model) must exist.
     if name and str(name).startswith((".", "/", "~")) and not Path(str(name)).expanduser().exists():
         raise UserError(f"model.name_or_path={name}: no such directory; point it at a folder with config.json (e.g. a run's final/).")
-    from llmtune.models import check_source, check_tokenizer_folder
+    from llmtune.models import check_source
+    from llmtune.tokenization import check_tokenizer_folder
 
     check_source(m)  # a package: folder or GGUF file that is missing, in one line
     # Here, before the run directory is made; load_tokenizer checks again for direct callers.

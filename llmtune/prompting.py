@@ -175,8 +175,8 @@ def load_data(args, cfg, task):
 
 # ------------------------------------------------------------------ the model
 def _model_kind(auto_class: str):
-    """A plain Task (every member at its default) loading `auto_class`: what models.load_tokenizer
-    and load_model read of a task. The scored task's own Auto class is its fine-tuning head."""
+    """A plain Task (every member at its default) loading `auto_class`: what tokenization.load_tokenizer
+    and models.load_model read of a task. The scored task's own Auto class is its fine-tuning head."""
     from llmtune.tasks.base import Task
 
     kind = Task()
@@ -188,13 +188,13 @@ def load_model(cfg, mode: str, path: str | None, texts: list[str], device: str):
     """(model, tokenizer, description) for the mode's kind of model (causal or masked LM)."""
     from accelerate.utils import set_seed
 
-    from llmtune import models
+    from llmtune import models, tokenization
 
     wanted = AUTO_CLASS[mode]
     if path is not None:
         return _trained(path, wanted, device)
     kind = _model_kind(wanted)
-    tokenizer = models.load_tokenizer(cfg.model, kind, iter(texts))
+    tokenizer = tokenization.load_tokenizer(cfg.model, kind, iter(texts))
     set_seed(int(cfg.seed))  # a model built from scratch gets the same weights each time
     model = models.load_model(cfg.model, kind, tokenizer, {})
     if mode == "cloze" and cfg.model.name_or_path:

@@ -143,7 +143,7 @@ def _from_checkpoint(checkpoint: Path, cfg: DictConfig | None):
     from llmtune.builders import build_model, build_task
     from llmtune.data.load import load_raw
     from llmtune.engine.checkpoint import load_weights
-    from llmtune.models import load_tokenizer
+    from llmtune.tokenization import load_tokenizer
 
     if cfg is None:
         raise UserError(f"{checkpoint}: a checkpoint is loaded with its run's config.yaml, two folders up; keep it inside its run directory.")

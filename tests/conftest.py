@@ -185,7 +185,7 @@ def corpus_lines() -> list[str]:
 @pytest.fixture(scope="session")
 def bert_tok():
     """A fast BERT-style tokenizer trained on the test corpus (specials: [PAD] [UNK] [CLS] [SEP] [MASK])."""
-    from llmtune.models import train_tokenizer
+    from llmtune.tokenization import train_tokenizer
 
     return train_tokenizer(corpus_lines(), decoder=False, vocab_size=200)
 
@@ -193,7 +193,7 @@ def bert_tok():
 @pytest.fixture(scope="session")
 def gpt_tok():
     """A fast byte-level BPE tokenizer trained on the test corpus (EOS <|endoftext|>, pad <pad>)."""
-    from llmtune.models import train_tokenizer
+    from llmtune.tokenization import train_tokenizer
 
     return train_tokenizer(corpus_lines(), decoder=True, vocab_size=300)
 

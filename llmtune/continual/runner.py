@@ -279,7 +279,7 @@ def initial_score(cfg, seq: Sequence) -> float:
     """The untrained model of a stage's run (pretrained backbone, fresh head) on its eval split."""
     from llmtune.builders import build_model, build_task
     from llmtune.evaluating import make_accelerator, score
-    from llmtune.models import load_tokenizer
+    from llmtune.tokenization import load_tokenizer
     from llmtune.trained import TrainedRun
 
     task = build_task(cfg)

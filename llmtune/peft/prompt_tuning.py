@@ -15,7 +15,7 @@ class PromptTuning(PromptLearning):
     def __init__(self, num_virtual_tokens: int = 20, init_text: str | None = None, tokenizer: str | None = None, model_name_or_path: str | None = None) -> None:
         super().__init__(num_virtual_tokens)
         self.init_text = init_text or None
-        # The run's tokenizer by name, as llmtune.models.load_tokenizer picks it: it tokenizes init_text.
+        # The run's tokenizer by name, as llmtune.tokenization.load_tokenizer picks it: it tokenizes init_text.
         self.tokenizer = tokenizer or model_name_or_path
 
     def preflight(self, cfg) -> None:

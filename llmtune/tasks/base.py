@@ -135,7 +135,7 @@ class Task:
     predict_params: dict[str, Any] = {}
     # Whether `preprocess` and `predict` tokenize pre-split words (is_split_into_words). A
     # byte-level BPE tokenizer then gets add_prefix_space, so that each word is tokenized as
-    # in running text (llmtune.models.load_tokenizer).
+    # in running text (llmtune.tokenization.load_tokenizer).
     split_into_words: bool = False
     # The tokenizer ids of `special_tokens()`, recorded by llmtune.models.load_model once the
     # model's embeddings hold them: the rows a PEFT method that freezes the embeddings still

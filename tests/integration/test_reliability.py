@@ -500,7 +500,7 @@ def test_unlabelled_batch_reaching_the_loop_is_skipped_not_a_zero_loss(tmp_path,
 # ------------------------------------------------------------------ 17. tokenizer without a pad token
 def _no_pad_tokenizer(directory: Path) -> Path:
     from conftest import corpus_lines
-    from llmtune.models import train_tokenizer
+    from llmtune.tokenization import train_tokenizer
 
     tok = train_tokenizer(corpus_lines(), decoder=True, vocab_size=300)
     tok.pad_token = None
@@ -511,8 +511,8 @@ def _no_pad_tokenizer(directory: Path) -> Path:
 def test_tokenizer_without_pad_gets_eos_deterministically(tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from llmtune.models import load_tokenizer
     from llmtune.tasks.clm import CLMTask
+    from llmtune.tokenization import load_tokenizer
 
     path = _no_pad_tokenizer(tmp_path / "tok")
     from transformers import AutoTokenizer

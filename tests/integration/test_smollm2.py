@@ -75,7 +75,8 @@ def smollm2():
     from omegaconf import OmegaConf
 
     from conftest import ROOT
-    from llmtune.models import load_model, load_tokenizer
+    from llmtune.models import load_model
+    from llmtune.tokenization import load_tokenizer
 
     cfg = OmegaConf.load(ROOT / "conf" / "model" / "smollm2.yaml")
     task = SFTTask()

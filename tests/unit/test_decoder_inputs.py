@@ -9,9 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import corpus_lines
-from llmtune.models import load_model, load_tokenizer, mark_word_starts
+from llmtune.models import load_model
 from llmtune.tasks.classification import ClassificationTask
 from llmtune.tasks.ner import NERTask
+from llmtune.tokenization import load_tokenizer, mark_word_starts
 
 LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
          "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": True}

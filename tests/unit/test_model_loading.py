@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 
 from conftest import ASSETS, FIXED_TOKENIZER, ROOT, corpus_lines
 from llmtune.errors import UserError
-from llmtune.models import UNK_WARN_RATE, check_tokenizer_folder, load_tokenizer, unknown_token_rate
 from llmtune.peft.heads import linear_module_paths
 from llmtune.peft.lora import LoRA
 from llmtune.tasks.ner import NERTask
+from llmtune.tokenization import UNK_WARN_RATE, check_tokenizer_folder, load_tokenizer, unknown_token_rate
 
 # The same sentences in a script the tiny English WordPiece has never seen.
 GREEK = [

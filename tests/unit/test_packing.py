@@ -94,7 +94,7 @@ SAMPLES = SFT_SAMPLES * 3
 @pytest.fixture(scope="module")
 def sft_tok():
     """A byte-level BPE trained on the samples' plain-template text (EOS <|endoftext|>, pad <pad>)."""
-    from llmtune.models import train_tokenizer
+    from llmtune.tokenization import train_tokenizer
 
     return train_tokenizer(SFTTask().texts(Dataset.from_list(SAMPLES)), decoder=True, vocab_size=300)
 

@@ -153,8 +153,9 @@ def test_parsed_entities_become_iob2_tags_over_the_words():
 def tiny_mlm():
     from omegaconf import OmegaConf
 
-    from llmtune.models import load_model, train_tokenizer
+    from llmtune.models import load_model
     from llmtune.tasks.base import Task
+    from llmtune.tokenization import train_tokenizer
 
     tok = train_tokenizer(corpus_lines(), decoder=False, vocab_size=200)
     kind = Task()

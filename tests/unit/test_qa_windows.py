@@ -21,7 +21,7 @@ QUESTION = "Where was Anna Berg born?"
 
 @pytest.fixture(scope="module")
 def tok():
-    from llmtune.models import train_tokenizer
+    from llmtune.tokenization import train_tokenizer
 
     return train_tokenizer([CONTEXT, QUESTION, FILLER], decoder=False, vocab_size=150)
 

@@ -148,7 +148,7 @@ def test_builtin_data_needs_the_words_not_just_the_types():
 # ------------------------------------------------------------------ encoding
 @pytest.fixture
 def task_and_tok(bert_tok):
-    from llmtune.models import add_task_tokens
+    from llmtune.tokenization import add_task_tokens
 
     task = RelationTask(max_length=32)
     task.labels, task.entity_types = ["no_relation", "r"], ["ORG", "PER"]
@@ -244,7 +244,8 @@ def test_new_marker_rows_start_apart(tmp_path):
     from omegaconf import OmegaConf
 
     from conftest import corpus_lines
-    from llmtune.models import add_task_tokens, load_model, train_tokenizer
+    from llmtune.models import load_model
+    from llmtune.tokenization import add_task_tokens, train_tokenizer
 
     # A tokenizer that knows the markers' characters (digits, brackets), as real ones do.
     plain_tok = train_tokenizer([*corpus_lines(), "[E1:PER] [/E2:ORG]"], decoder=False, vocab_size=200)

@@ -13,12 +13,12 @@ import sys
 import pytest
 
 from conftest import ROOT, corpus_lines
-from llmtune.models import train_tokenizer
+from llmtune.tokenization import train_tokenizer
 
 _HASH_SCRIPT = """
 import hashlib, sys
 from pathlib import Path
-from llmtune.models import train_tokenizer
+from llmtune.tokenization import train_tokenizer
 texts = [l for l in Path(sys.argv[1]).read_text().splitlines() if l.strip()]
 for decoder in (False, True):
     tok = train_tokenizer(texts, decoder=decoder, vocab_size=300)
