@@ -147,7 +147,7 @@ def _write_dequantized(folder: Path, gguf_file: str, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def _hub_error(key: str, name: str, exc: Exception) -> UserError:
+def hub_error(key: str, name: str, exc: Exception) -> UserError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserError(
         f"{key}={name}: could not load it ({first}). It is neither a local folder nor reachable on the hub; "
@@ -175,7 +175,7 @@ def load_model(model_cfg, task, tokenizer, model_kwargs: dict):
         try:
             model = auto.from_pretrained(model_source(model_cfg, announce=True), trust_remote_code=model_cfg.trust_remote_code, **model_kwargs, **extra, **fresh_head)
         except (OSError, ValueError) as exc:
-            raise _hub_error("model.name_or_path", model_cfg.name_or_path, exc) from None
+            raise hub_error("model.name_or_path", model_cfg.name_or_path, exc) from None
         if fresh_head:
             reinit_head(model)
     else:
@@ -220,7 +220,7 @@ def compose_encoder_decoder(model_cfg, auto, tokenizer):
     try:
         model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(model_source(model_cfg, announce=True), resolve(decoder, announce=True))
     except (OSError, ValueError) as exc:
-        raise _hub_error(key, decoder, exc) from None
+        raise hub_error(key, decoder, exc) from None
     sizes = model.config.encoder.vocab_size, model.config.decoder.vocab_size
     if sizes[0] != sizes[1]:
         raise UserError(f"{key}={decoder}: its vocabulary ({sizes[1]} tokens) is not the encoder's ({sizes[0]}), but both read one tokenizer; "

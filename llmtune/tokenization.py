@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from llmtune.errors import UserError
-from llmtune.models import _hub_error, model_source, resolve
+from llmtune.models import hub_error, model_source, resolve
 
 log = logging.getLogger("llmtune")
 
@@ -95,7 +95,7 @@ def load_tokenizer(model_cfg, task, train_texts: Iterable[str]):
             source = resolve(name) if model_cfg.tokenizer else model_source(model_cfg)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
         except (OSError, ValueError) as exc:
-            raise _hub_error(key, name, exc) from None
+            raise hub_error(key, name, exc) from None
         _check_vocabulary(tokenizer, key, name)
         warn_on_unknown_tokens(tokenizer, list(itertools.islice(train_texts, UNK_SAMPLE_TEXTS)), name)
     else:
